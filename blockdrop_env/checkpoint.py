@@ -1,0 +1,105 @@
+"""Saving and loading checkpoints: atomic writes, and ResNet checkpoints with metadata."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .resnet import CIFAR_MEAN, CIFAR_STD, CifarResNet
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "resnet32_cifar10.pt"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves a
+    half-written file where a good one was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_metadata() -> dict[str, str]:
+    """Command line, git commit and date of the current run."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "command": " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "git_commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_resnet(path: str | os.PathLike, model: CifarResNet, **meta: Any) -> None:
+    """Save a ResNet's weights with its depth, classes, normalisation and ``meta``."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save(
+        {
+            "state_dict": state,
+            "depth": model.depth,
+            "num_classes": model.num_classes,
+            "normalization": {"mean": CIFAR_MEAN, "std": CIFAR_STD},
+            **meta,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"checkpoint {path} holds no 'state_dict'")
+    return ckpt
+
+
+def load_resnet(
+    path: str | os.PathLike | None = None,
+    depth: int = 32,
+    num_classes: int = 10,
+    device: str | torch.device = "cpu",
+) -> tuple[CifarResNet, dict[str, Any]]:
+    """A ResNet from a checkpoint, in eval mode, and the checkpoint's metadata.
+
+    Refuses (ValueError) a checkpoint whose depth or class count differs from those asked for.
+    """
+    path = DEFAULT_CHECKPOINT if path is None else Path(path)
+    ckpt = load_checkpoint(path)
+    found = (ckpt.get("depth"), ckpt.get("num_classes"))
+    if found != (depth, num_classes):
+        raise ValueError(
+            f"checkpoint {path} is a ResNet-{found[0]} with {found[1]} classes; "
+            f"expected ResNet-{depth} with {num_classes} classes"
+        )
+    model = CifarResNet(depth, num_classes)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not fit a ResNet-{depth}: {e}") from e
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model.to(device).eval(), meta

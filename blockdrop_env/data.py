@@ -1,0 +1,187 @@
+"""CIFAR-10/100 from the standard python layout, as uint8 tensors, and whole-batch augmentation.
+
+Where the data is, in order: an explicit directory, ``$BLOCKDROP_DATA_DIR``, then the default
+places (:func:`default_data_dirs`). Each place may hold ``cifar-10-batches-py/`` (or
+``cifar-100-python/``) or be that folder itself. When none has it, torchvision downloads it into
+the first default place if ``download=True``; otherwise a ``FileNotFoundError`` lists every place
+tried and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ENV_VAR = "BLOCKDROP_DATA_DIR"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a CIFAR variant keeps its files and labels."""
+
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    num_classes: int
+    split_sizes: tuple[int, int]
+
+
+LAYOUTS = {
+    "cifar10": Layout(
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "labels",
+        10,
+        (50_000, 10_000),
+    ),
+    "cifar100": Layout("cifar-100-python", ("train",), ("test",), "fine_labels", 100, (50_000, 10_000)),
+}
+
+
+class CifarFormatError(ValueError):
+    """A CIFAR file is missing, truncated, corrupt, or holds wrong shapes or labels."""
+
+
+def project_root() -> Path:
+    """The folder holding this package (the repository root for a checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def default_data_dirs() -> list[Path]:
+    """Default places, in order: ``./data`` of the checkout, a ``shared/data`` folder beside the
+    checkout (where this project's CI keeps its copy), and ``~/.cache/blockdrop/data`` (the
+    download target)."""
+    root = project_root()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "blockdrop" / "data"
+    return [root / "data", root.parent / "shared" / "data", cache]
+
+
+def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    if data_dir is not None:
+        return [Path(data_dir)]
+    if os.environ.get(ENV_VAR):
+        return [Path(os.environ[ENV_VAR])]
+    return default_data_dirs()
+
+
+def find_dataset(
+    dataset: str = "cifar10", data_dir: str | os.PathLike | None = None, download: bool = False
+) -> Path:
+    """The folder holding the dataset's batch files; see the module docstring for the search."""
+    layout = _layout(dataset)
+    tried = []
+    for place in candidate_dirs(data_dir):
+        for folder in (place / layout.folder, place):
+            tried.append(folder)
+            if all((folder / f).is_file() for f in layout.train_files + layout.test_files):
+                return folder
+    if download:
+        from torchvision import datasets
+
+        root = candidate_dirs(data_dir)[0]
+        cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+        cls(str(root), train=True, download=True)
+        return root / layout.folder
+    listing = "\n".join(f"  - {t}" for t in tried)
+    raise FileNotFoundError(
+        f"{dataset} ({layout.folder}/) not found. Places tried:\n{listing}\n"
+        f"Fix: pass data_dir=..., set ${ENV_VAR} to the folder holding {layout.folder}/, "
+        "or pass download=True to fetch it with torchvision."
+    )
+
+
+def _layout(dataset: str) -> Layout:
+    if dataset not in LAYOUTS:
+        raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
+    return LAYOUTS[dataset]
+
+
+def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+    except FileNotFoundError:
+        raise CifarFormatError(f"{path}: file is missing") from None
+    except Exception as e:  # truncated pickles raise EOFError, UnpicklingError, ValueError, ...
+        raise CifarFormatError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+        raise CifarFormatError(f"{path}: expected a dict with 'data' and '{label_key}'")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise CifarFormatError(
+            f"{path}: 'data' must be uint8 of shape (N, 3072); got {data.dtype} {data.shape}"
+        )
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise CifarFormatError(
+            f"{path}: need one integer label per image; got {labels.dtype} {labels.shape} "
+            f"for {data.shape[0]} images"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise CifarFormatError(
+            f"{path}: labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]"
+        )
+    return data, labels
+
+
+@lru_cache(maxsize=4)
+def _load_cached(folder: str, dataset: str, split: str, check_size: bool) -> tuple[Tensor, Tensor]:
+    layout = _layout(dataset)
+    files = layout.train_files if split == "train" else layout.test_files
+    parts = [_read_batch(Path(folder) / f, layout.label_key, layout.num_classes) for f in files]
+    data = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    expected = layout.split_sizes[SPLITS.index(split)]
+    if check_size and len(data) != expected:
+        raise CifarFormatError(f"{folder}: {split} split has {len(data)} images, expected {expected}")
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_cifar(
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    dataset: str = "cifar10",
+    download: bool = False,
+    check_size: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of a split ("train" or "test").
+
+    ``check_size=False`` accepts a split of any size (small synthetic test data). The tensors are
+    cached per folder and shared between callers: treat them as read-only.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    folder = find_dataset(dataset, data_dir, download)
+    return _load_cached(str(folder.resolve()), dataset, split, check_size)
+
+
+def random_crop_flip(images: Tensor, generator: torch.Generator | None = None, pad: int = 4) -> Tensor:
+    """Random crop after zero padding by ``pad`` and random horizontal flip, for a whole batch.
+
+    One gather builds every crop: no per-image Python loop. ``generator`` lives on the images'
+    device and makes the draw reproducible.
+    """
+    b, _, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b, 1), device=device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1), device=device, generator=generator)
+    flip = torch.rand((b, 1), device=device, generator=generator) < 0.5
+    rows = dy + torch.arange(h, device=device)
+    cols_fwd = torch.arange(w, device=device)
+    cols = dx + torch.where(flip, cols_fwd.flip(0), cols_fwd)
+    idx_b = torch.arange(b, device=device).view(b, 1, 1, 1)
+    idx_c = torch.arange(images.shape[1], device=device).view(1, -1, 1, 1)
+    return padded[idx_b, idx_c, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]

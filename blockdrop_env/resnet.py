@@ -1,0 +1,173 @@
+"""The CIFAR ResNet of He et al. (2016) with a per-sample keep mask over its residual blocks.
+
+Depth 6n+2: a 3x3 stem convolution, three stages of n BasicBlocks (16, 32 and 64 channels,
+strides 1, 2, 2), global average pooling and a linear classifier. Where a stage changes shape
+the shortcut is parameter-free ("option A"): 2x2 average pooling, then zero channels appended.
+
+``forward(x, keep)`` takes a (B, K) 0/1 mask, K = 3n: a kept block outputs
+``ReLU(shortcut(x) + residual(x))``, a dropped one ``shortcut(x)`` alone, so one batch can carry
+a different policy per image. Inputs are raw images (uint8 in [0, 255]); the normalisation lives
+here so that observations stay raw.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Per-channel statistics of the CIFAR-10 train split, in [0, 1] units (BLOCKDROP.md).
+CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+
+
+def conv3x3_flops(in_channels: int, out_channels: int, out_size: int) -> int:
+    """FLOPs (2 x multiply-adds) of a 3x3 convolution producing an out_size x out_size map."""
+    return 2 * 9 * in_channels * out_channels * out_size * out_size
+
+
+class ShortcutA(nn.Module):
+    """Parameter-free shortcut: average-pool by ``stride``, then append zero channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = out_channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride)
+        if self.extra_channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+        return x
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN residual over an option-A shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, in_size: int) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut = (
+            ShortcutA(in_channels, out_channels, stride)
+            if stride != 1 or in_channels != out_channels
+            else nn.Identity()
+        )
+        out_size = in_size // stride
+        self.out_size = out_size
+        self.flops = conv3x3_flops(in_channels, out_channels, out_size) + conv3x3_flops(
+            out_channels, out_channels, out_size
+        )
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        shortcut = self.shortcut(x)
+        out = F.relu(shortcut + self.residual(x))
+        if keep is None:
+            return out
+        # The shortcut of a ReLU network is non-negative, so a dropped block passes it unchanged.
+        keep = keep.to(out.dtype).view(-1, 1, 1, 1)
+        return shortcut + keep * (out - shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet of depth 6n+2 for 32x32 images, with ``forward(x, keep)``.
+
+    Args:
+        depth: 6n+2 (20, 32, 44, 56, 110, ...); ResNet-32 has n = 5 and K = 15 blocks.
+        num_classes: size of the linear classifier.
+        blocks_per_stage: overrides ``depth``; 1 gives the ResNet-8 trunk of the policy network.
+    """
+
+    def __init__(
+        self, depth: int = 32, num_classes: int = 10, blocks_per_stage: int | None = None
+    ) -> None:
+        super().__init__()
+        if blocks_per_stage is None:
+            if depth < 8 or (depth - 2) % 6:
+                raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 20, 32, 110, ...); got {depth}")
+            blocks_per_stage = (depth - 2) // 6
+        if blocks_per_stage < 1 or num_classes < 1:
+            raise ValueError(
+                f"need blocks_per_stage >= 1 and num_classes >= 1; got {blocks_per_stage}, {num_classes}"
+            )
+        self.depth = 6 * blocks_per_stage + 2
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+        )
+        blocks, channels, size = [], 16, 32
+        for stage, width in enumerate((16, 32, 64)):
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(channels, width, stride, size))
+                channels, size = width, size // stride
+        self.blocks = nn.ModuleList(blocks)
+        self.feature_dim = channels
+        self.fc = nn.Linear(channels, num_classes)
+        # FLOPs per image (2 x multiply-adds of every conv and linear layer), for 32x32 inputs.
+        self.fixed_flops = conv3x3_flops(3, 16, 32) + 2 * channels * num_classes
+        self.register_buffer(
+            "block_flops",
+            torch.tensor([b.flops for b in blocks], dtype=torch.float64),
+            persistent=False,
+        )
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 images in [0, 255] (or floats in [0, 1]) to normalised float32."""
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        return (images - self.mean) / self.std
+
+    def features(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Pooled features (B, feature_dim) under the keep mask (None: every block runs)."""
+        if keep is not None and keep.shape != (images.shape[0], self.num_blocks):
+            raise ValueError(
+                f"keep must have shape (batch, {self.num_blocks}) = "
+                f"({images.shape[0]}, {self.num_blocks}); got {tuple(keep.shape)}"
+            )
+        x = self.stem(self.normalize(images))
+        for k, block in enumerate(self.blocks):
+            x = block(x, None if keep is None else keep[:, k])
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Class logits (B, num_classes)."""
+        return self.fc(self.features(images, keep))
+
+    def flops(self, keep: Tensor | None = None) -> Tensor:
+        """FLOPs per image of running the blocks in ``keep`` (B, K); None: the full network."""
+        if keep is None:
+            return self.block_flops.sum() + self.fixed_flops
+        return keep.to(torch.float64) @ self.block_flops + self.fixed_flops
+
+
+def resnet32(num_classes: int = 10) -> CifarResNet:
+    """ResNet-32: 15 blocks, 464,154 parameters for 10 classes."""
+    return CifarResNet(32, num_classes)
+
+
+@torch.no_grad()
+def predict(
+    model: CifarResNet, images: Tensor, keep: Tensor | None = None, batch_size: int = 1000
+) -> Tensor:
+    """Predicted classes (N,) of ``images`` under ``keep`` (N, K), in batches, on the model's device."""
+    device = next(model.parameters()).device
+    preds = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        k = None if keep is None else keep[start : start + batch_size].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            preds.append(model(x, k).argmax(1))
+    return torch.cat(preds)

@@ -1,0 +1,158 @@
+"""Pretrain the CIFAR ResNet whose predictions give BlockDrop its reward.
+
+Data and augmentation stay on the device, bf16 autocast on CUDA, SGD with Nesterov momentum under
+a one-cycle schedule. The checkpoint is written atomically with its metadata; a resume file is
+written every epoch so that an interrupted run continues with ``--resume``.
+
+    python -m experiments.pretrain_resnet --epochs 80 --out runs/pretrain/resnet32_cifar10.pt
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from blockdrop_env.checkpoint import atomic_save, run_metadata, save_resnet
+from blockdrop_env.data import LAYOUTS, load_cifar, random_crop_flip
+from blockdrop_env.device import autocast, resolve_device
+from blockdrop_env.resnet import CifarResNet, predict
+
+
+@dataclass
+class Args:
+    depth: int = 32
+    """ResNet depth, 6n+2 (32 for the env's ResNet-32)."""
+    dataset: str = "cifar10"
+    """cifar10 or cifar100."""
+    epochs: int = 80
+    """Passes over the training split."""
+    batch_size: int = 512
+    """Images per SGD step."""
+    lr: float = 0.2
+    """Peak learning rate of the one-cycle schedule."""
+    momentum: float = 0.9
+    """Nesterov momentum."""
+    weight_decay: float = 5e-4
+    """L2 weight decay."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
+    seed: int = 0
+    """Seed of the initialisation, shuffling and augmentation."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    data_dir: str | None = None
+    """Folder holding the CIFAR batches; default: the package's search (see blockdrop_env.data)."""
+    download: bool = False
+    """Download CIFAR with torchvision when it is not found."""
+    limit: int | None = None
+    """Use only the first N train and N test images (smoke runs)."""
+    out: Path = Path("runs/pretrain/resnet32_cifar10.pt")
+    """Checkpoint to write; a resume file and a JSON summary are written beside it."""
+    logdir: Path | None = None
+    """TensorBoard folder; default: beside the checkpoint."""
+    resume: bool = False
+    """Continue from the resume file beside ``out``."""
+
+
+def main(args: Args) -> dict:
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    num_classes = LAYOUTS[args.dataset].num_classes if args.dataset in LAYOUTS else 0
+    model = CifarResNet(args.depth, num_classes).to(device).to(memory_format=torch.channels_last)
+
+    full = args.limit is None
+    train_x, train_y = load_cifar("train", args.data_dir, args.dataset, args.download, full)
+    test_x, test_y = load_cifar("test", args.data_dir, args.dataset, args.download, full)
+    if args.limit is not None:
+        train_x, train_y = train_x[: args.limit], train_y[: args.limit]
+        test_x, test_y = test_x[: args.limit], test_y[: args.limit]
+    train_x, train_y = train_x.to(device), train_y.to(device)  # resident on the device
+
+    batch_size = min(args.batch_size, len(train_x))
+    steps_per_epoch = len(train_x) // batch_size  # drop the ragged batch: fixed shapes
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, nesterov=True,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch
+    )
+    generator = torch.Generator(device).manual_seed(args.seed)
+
+    resume_path = args.out.with_suffix(".resume.pt")
+    start_epoch, elapsed = 0, 0.0
+    if args.resume:
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        start_epoch, elapsed = state["epoch"], state["elapsed"]
+
+    writer = SummaryWriter(str(args.logdir or args.out.parent / "tb"))
+    bar = tqdm(total=args.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+               desc=f"pretrain ResNet-{args.depth}", unit="step")
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train_x), device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = random_crop_flip(train_x[idx], generator).contiguous(memory_format=torch.channels_last)
+            y = train_y[idx]
+            with autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == y).sum()
+            bar.update()
+        elapsed += time.perf_counter() - t0
+        seen = steps_per_epoch * batch_size
+        stats = {"loss": (loss_sum / steps_per_epoch).item(), "accuracy": (correct / seen).item()}
+        writer.add_scalar("train/loss", stats["loss"], epoch + 1)
+        writer.add_scalar("train/accuracy", stats["accuracy"], epoch + 1)
+        writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
+        bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in stats.items()})
+        tqdm.write(f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} "
+                   f"train_acc {stats['accuracy']:.4f} time {elapsed:.0f}s")
+        atomic_save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+             "epoch": epoch + 1, "elapsed": elapsed, "args": asdict(args)},
+            resume_path,
+        )
+    bar.close()
+
+    model.eval()
+    test_accuracy = (predict(model, test_x).cpu() == test_y).float().mean().item()
+    writer.add_scalar("test/accuracy", test_accuracy, args.epochs)
+    writer.close()
+    summary = {
+        "test_accuracy": test_accuracy, "epochs": args.epochs, "train_seconds": round(elapsed, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "train_images": len(train_x), "test_images": len(test_x),
+        "args": {k: str(v) for k, v in asdict(args).items()}, **run_metadata(),
+    }
+    save_resnet(args.out, model, **summary)
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    resume_path.unlink(missing_ok=True)
+    print(f"test accuracy {test_accuracy:.4f} after {args.epochs} epochs ({elapsed:.0f}s); saved {args.out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
