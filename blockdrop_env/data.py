@@ -33,7 +33,6 @@ class Layout:
     test_files: tuple[str, ...]
     label_key: str
     num_classes: int
-    split_sizes: tuple[int, int]
 
 
 LAYOUTS = {
@@ -43,9 +42,8 @@ LAYOUTS = {
         ("test_batch",),
         "labels",
         10,
-        (50_000, 10_000),
     ),
-    "cifar100": Layout("cifar-100-python", ("train",), ("test",), "fine_labels", 100, (50_000, 10_000)),
+    "cifar100": Layout("cifar-100-python", ("train",), ("test",), "fine_labels", 100),
 }
 
 
@@ -135,16 +133,33 @@ def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarra
     return data, labels
 
 
+def _batch_size_from_meta(folder: Path) -> int | None:
+    """Images per batch file as ``batches.meta`` declares it (CIFAR-10 only), else None."""
+    meta = folder / "batches.meta"
+    if not meta.is_file():
+        return None
+    try:
+        with open(meta, "rb") as f:
+            return int(pickle.load(f, encoding="latin1")["num_cases_per_batch"])
+    except Exception as e:
+        raise CifarFormatError(f"{meta}: unreadable ({type(e).__name__}: {e})") from e
+
+
 @lru_cache(maxsize=4)
-def _load_cached(folder: str, dataset: str, split: str, check_size: bool) -> tuple[Tensor, Tensor]:
+def _load_cached(folder: str, dataset: str, split: str) -> tuple[Tensor, Tensor]:
     layout = _layout(dataset)
     files = layout.train_files if split == "train" else layout.test_files
-    parts = [_read_batch(Path(folder) / f, layout.label_key, layout.num_classes) for f in files]
+    per_batch = _batch_size_from_meta(Path(folder))
+    parts = []
+    for name in files:
+        data, labels = _read_batch(Path(folder) / name, layout.label_key, layout.num_classes)
+        if per_batch is not None and len(data) != per_batch:
+            raise CifarFormatError(
+                f"{Path(folder) / name}: holds {len(data)} images; batches.meta says {per_batch}"
+            )
+        parts.append((data, labels))
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    expected = layout.split_sizes[SPLITS.index(split)]
-    if check_size and len(data) != expected:
-        raise CifarFormatError(f"{folder}: {split} split has {len(data)} images, expected {expected}")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels.astype(np.int64))
 
@@ -154,17 +169,15 @@ def load_cifar(
     data_dir: str | os.PathLike | None = None,
     dataset: str = "cifar10",
     download: bool = False,
-    check_size: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of a split ("train" or "test").
 
-    ``check_size=False`` accepts a split of any size (small synthetic test data). The tensors are
-    cached per folder and shared between callers: treat them as read-only.
+    The tensors are cached per folder and shared between callers: treat them as read-only.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     folder = find_dataset(dataset, data_dir, download)
-    return _load_cached(str(folder.resolve()), dataset, split, check_size)
+    return _load_cached(str(folder.resolve()), dataset, split)
 
 
 def random_crop_flip(images: Tensor, generator: torch.Generator | None = None, pad: int = 4) -> Tensor:

@@ -68,9 +68,8 @@ def main(args: Args) -> dict:
     num_classes = LAYOUTS[args.dataset].num_classes if args.dataset in LAYOUTS else 0
     model = CifarResNet(args.depth, num_classes).to(device).to(memory_format=torch.channels_last)
 
-    full = args.limit is None
-    train_x, train_y = load_cifar("train", args.data_dir, args.dataset, args.download, full)
-    test_x, test_y = load_cifar("test", args.data_dir, args.dataset, args.download, full)
+    train_x, train_y = load_cifar("train", args.data_dir, args.dataset, args.download)
+    test_x, test_y = load_cifar("test", args.data_dir, args.dataset, args.download)
     if args.limit is not None:
         train_x, train_y = train_x[: args.limit], train_y[: args.limit]
         test_x, test_y = test_x[: args.limit], test_y[: args.limit]

@@ -1,0 +1,48 @@
+"""Heuristic policies of the paper's comparisons: every block, the first k, k at random.
+
+A policy here is any callable from a batch of images (B, 3, 32, 32) uint8 to a bool keep mask
+(B, K) on the same device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class FullPolicy:
+    """Runs every block: the plain ResNet."""
+
+    def __init__(self, num_blocks: int = 15) -> None:
+        self.num_blocks = num_blocks
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return torch.ones(len(images), self.num_blocks, dtype=torch.bool, device=images.device)
+
+
+class FirstK:
+    """Runs the first k blocks and drops the rest (the paper's FirstK)."""
+
+    def __init__(self, k: int, num_blocks: int = 15) -> None:
+        if not 0 <= k <= num_blocks:
+            raise ValueError(f"k must lie in [0, {num_blocks}]; got {k}")
+        self.k, self.num_blocks = k, num_blocks
+
+    def __call__(self, images: Tensor) -> Tensor:
+        keep = torch.arange(self.num_blocks, device=images.device) < self.k
+        return keep.expand(len(images), -1)
+
+
+class RandomK:
+    """Runs k blocks chosen uniformly at random for each image (the paper's RandomK)."""
+
+    def __init__(self, k: int, num_blocks: int = 15, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        if not 0 <= k <= num_blocks:
+            raise ValueError(f"k must lie in [0, {num_blocks}]; got {k}")
+        self.k, self.num_blocks = k, num_blocks
+        self.generator = torch.Generator(device).manual_seed(seed)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        scores = torch.rand(len(images), self.num_blocks, device=images.device, generator=self.generator)
+        rank = scores.argsort(1).argsort(1)  # a uniformly random permutation per image
+        return rank < self.k

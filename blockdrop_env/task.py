@@ -1,0 +1,147 @@
+"""What the single and the vector env share: images and labels resident on the device, the frozen
+ResNet, and the few batched functions of the bandit (draw images, check actions, score them).
+
+Every function here works on whole batches of tensors on the task's device and never waits on the
+device, except :func:`as_keep_mask` on non-bool actions (it must look at their values to refuse
+bad ones; pass a bool tensor to skip that).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import load_resnet
+from .data import LAYOUTS, SPLITS, load_cifar, random_crop_flip
+from .device import autocast, resolve_device
+from .resnet import CifarResNet
+from .reward import blockdrop_reward
+
+
+class Outcome(NamedTuple):
+    """What running the ResNet under a keep mask gave, one entry per image."""
+
+    reward: Tensor  # float32
+    prediction: Tensor  # int64 class
+    correct: Tensor  # bool
+    blocks_kept: Tensor  # int64
+    flops: Tensor  # float64, FLOPs of the ResNet blocks run plus its stem and classifier
+
+    def info(self, label: Tensor) -> dict[str, Tensor]:
+        return {"label": label, **self._asdict()}
+
+
+def as_keep_mask(action: Any, batch_shape: tuple[int, ...], num_blocks: int, device: torch.device) -> Tensor:
+    """Check an action and return it as a bool keep mask on ``device``.
+
+    Takes numpy arrays, sequences or tensors of bool, integer or float dtype whose values are
+    exactly 0 or 1; anything else raises a ValueError that says what was expected.
+    """
+    expected = (*batch_shape, num_blocks)
+    if isinstance(action, Tensor):
+        keep = action
+    else:
+        array = np.asarray(action)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"action must hold 0/1 numbers of shape {expected}; got dtype {array.dtype}")
+        keep = torch.from_numpy(array)
+    if tuple(keep.shape) != expected:
+        raise ValueError(f"action must have shape {expected} (1 = run the block); got {tuple(keep.shape)}")
+    if keep.dtype == torch.bool:
+        return keep.to(device, non_blocking=True)
+    if keep.is_complex():
+        raise ValueError(f"action must hold 0/1 numbers; got dtype {keep.dtype}")
+    bad = (keep != 0) & (keep != 1)  # NaN compares unequal to both
+    if bad.any():
+        raise ValueError(f"action values must be 0 or 1; got {keep[bad].flatten()[:5].tolist()}")
+    return (keep == 1).to(device, non_blocking=True)
+
+
+class BlockDropTask:
+    """A CIFAR split and a pretrained ResNet on one device, and the bandit's batched functions.
+
+    Args:
+        split: "train" or "test".
+        penalty: reward of a wrong prediction (gamma); must be finite.
+        device: "auto" (CUDA when present), "cpu", "cuda", ...
+        data_dir: folder holding the CIFAR batches (default: see ``blockdrop_env.data``).
+        checkpoint: ResNet checkpoint (default: the one shipped with the package).
+        augment: random crop and flip of drawn images; default: on for "train", off for "test".
+        dataset: "cifar10" or "cifar100".
+        depth: depth of the ResNet in the checkpoint.
+        download: fetch CIFAR with torchvision when it is not found.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        penalty: float = -1.0,
+        device: str | torch.device = "auto",
+        data_dir: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        augment: bool | None = None,
+        dataset: str = "cifar10",
+        depth: int = 32,
+        download: bool = False,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        if not np.isfinite(penalty):
+            raise ValueError(f"penalty must be a finite number; got {penalty!r}")
+        if dataset not in LAYOUTS:
+            raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
+        self.device = resolve_device(device)
+        self.split = split
+        self.penalty = float(penalty)
+        self.augment = split == "train" if augment is None else bool(augment)
+        images, labels = load_cifar(split, data_dir, dataset, download)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.resnet: CifarResNet
+        self.resnet, self.checkpoint_meta = load_resnet(
+            checkpoint, depth, LAYOUTS[dataset].num_classes, self.device
+        )
+        self.resnet.requires_grad_(False)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.resnet.num_blocks
+
+    def check_indices(self, index: Any, size: int) -> Tensor:
+        """Image indices from ``reset(options={"index": ...})``, checked, as a tensor on the device."""
+        idx = torch.as_tensor(np.asarray(index) if not isinstance(index, Tensor) else index)
+        if idx.shape != (size,) and not (size == 1 and idx.ndim == 0):
+            raise ValueError(f"options['index'] must hold {size} image indices; got shape {tuple(idx.shape)}")
+        if idx.is_floating_point() or idx.dtype == torch.bool or idx.is_complex():
+            raise ValueError(f"options['index'] must be integers; got dtype {idx.dtype}")
+        idx = idx.reshape(size).long()
+        if ((idx < 0) | (idx >= self.num_images)).any():
+            raise ValueError(f"options['index'] must lie in [0, {self.num_images}); got {idx.tolist()[:8]}")
+        return idx.to(self.device)
+
+    def draw(self, size: int, generator: torch.Generator) -> Tensor:
+        """``size`` image indices drawn uniformly with replacement."""
+        return torch.randint(self.num_images, (size,), device=self.device, generator=generator)
+
+    def observe(self, indices: Tensor, generator: torch.Generator) -> Tensor:
+        """The images at ``indices`` (uint8), augmented when the task augments."""
+        images = self.images[indices]
+        return random_crop_flip(images, generator) if self.augment else images
+
+    @torch.no_grad()
+    def outcome(self, images: Tensor, labels: Tensor, keep: Tensor) -> Outcome:
+        """Run the ResNet under ``keep`` (bool, (B, K)) and score the predictions."""
+        with autocast(self.device):
+            prediction = self.resnet(images, keep).argmax(1)
+        correct = prediction == labels
+        blocks_kept = keep.sum(1)
+        reward = blockdrop_reward(correct, blocks_kept, self.num_blocks, self.penalty)
+        return Outcome(reward, prediction, correct, blocks_kept, self.resnet.flops(keep))

@@ -1,0 +1,124 @@
+"""BlockDrop on CIFAR as a native vector environment: ``num_envs`` images per step, one batched
+ResNet forward, tensors on the device in and out."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+from torch import Tensor
+
+from .task import BlockDropTask, Outcome, as_keep_mask
+
+
+class BlockDropVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` BlockDrop episodes at once; see :class:`blockdrop_env.env.BlockDropEnv` for
+    the task, rewards and arguments, which are the same here.
+
+    Differences from the single env:
+
+    * observations, rewards, ``terminated``, ``truncated`` and the ``info`` entries are torch
+      tensors on the env's device (wrap with :class:`blockdrop_env.sb3.SB3VecEnv` or Gymnasium's
+      numpy wrappers for a numpy face);
+    * actions are (num_envs, K) tensors or arrays; a bool tensor on the device is used as it is,
+      with no host synchronisation, other dtypes have their 0/1 values checked;
+    * every episode ends each step, and the autoreset is ``AutoresetMode.SAME_STEP``: ``step``
+      returns the next images at once, the finished ones in ``info["final_obs"]``;
+    * ``reset(options={"index": idx})`` with ``num_envs`` indices shows those images (to walk the
+      test split in order);
+    * ``score(keep)`` returns the (num_envs,) rewards that ``keep`` would get on the current images.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 256,
+        split: str = "train",
+        penalty: float = -1.0,
+        device: str | torch.device = "auto",
+        data_dir: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        augment: bool | None = None,
+        dataset: str = "cifar10",
+        depth: int = 32,
+        download: bool = False,
+    ) -> None:
+        if int(num_envs) != num_envs or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer; got {num_envs!r}")
+        self.num_envs = int(num_envs)
+        self.task = BlockDropTask(split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download)
+        self.device = self.task.device
+        self.num_blocks = self.task.num_blocks
+        self.single_observation_space = spaces.Box(0, 255, (3, 32, 32), np.uint8)
+        self.single_action_space = spaces.MultiBinary(self.num_blocks)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._generator = torch.Generator(self.device)
+        self._generator.seed()
+        self._indices: Tensor | None = None
+        self._images: Tensor | None = None
+        self._terminated = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    @property
+    def resnet(self) -> torch.nn.Module:
+        """The env's ResNet (frozen, eval mode), for agents that need its gradients or features."""
+        return self.task.resnet
+
+    @property
+    def labels(self) -> Tensor:
+        """Labels of the current images (evaluation and finetuning read them; agents should not)."""
+        self._require_images()
+        return self.task.labels[self._indices]
+
+    @property
+    def images(self) -> Tensor:
+        """The current observations (num_envs, 3, 32, 32) uint8 on the device."""
+        return self._require_images()
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._generator.manual_seed(int(seed))
+        if options and "index" in options:
+            indices = self.task.check_indices(options["index"], self.num_envs)
+        else:
+            indices = self.task.draw(self.num_envs, self._generator)
+        self._show(indices)
+        return self._images, {"index": indices}
+
+    def _show(self, indices: Tensor) -> None:
+        self._indices = indices
+        self._images = self.task.observe(indices, self._generator)
+
+    def _require_images(self) -> Tensor:
+        if self._images is None:
+            raise ValueError("no images to act on: call reset() first")
+        return self._images
+
+    def evaluate(self, keep: Any) -> Outcome:
+        """The full outcome (reward, prediction, ...) of ``keep`` on the current images."""
+        images = self._require_images()
+        mask = as_keep_mask(keep, (self.num_envs,), self.num_blocks, self.device)
+        return self.task.outcome(images, self.task.labels[self._indices], mask)
+
+    def score(self, keep: Any) -> Tensor:
+        """Rewards (num_envs,) that ``keep`` would get on the current images; nothing advances."""
+        return self.evaluate(keep).reward
+
+    def step(self, actions: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        out = self.evaluate(actions)
+        info: dict[str, Any] = out.info(self.task.labels[self._indices])
+        info["index"] = self._indices
+        info["final_obs"] = self._images
+        self._show(self.task.draw(self.num_envs, self._generator))  # SAME_STEP autoreset
+        return self._images, out.reward, self._terminated, self._truncated, info

@@ -1,0 +1,180 @@
+"""Evaluate BlockDrop policies on a CIFAR split as the paper's ``test.py`` did, next to the
+heuristic baselines (full ResNet, FirstK and RandomK for K = 1..15).
+
+    python -m experiments.evaluate                         # baselines with the shipped ResNet
+    python -m experiments.evaluate --policy runs/blockdrop/agent.pt --out results/evaluate/mine
+
+Writes ``summary.json``, ``table.md`` and plots (accuracy against FLOPs; with a policy also a
+histogram of blocks kept, block usage per class and the images of the most frequent policies).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import tyro  # noqa: E402
+
+from agents.baselines import FirstK, FullPolicy, RandomK  # noqa: E402
+from agents.evaluation import Evaluation, evaluate  # noqa: E402
+from blockdrop_env.checkpoint import run_metadata  # noqa: E402
+from blockdrop_env.vector_env import BlockDropVectorEnv  # noqa: E402
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass
+class Args:
+    policy: Path | None = None
+    """BlockDrop agent checkpoint from ``experiments.train_blockdrop``; none: baselines only."""
+    checkpoint: Path | None = None
+    """ResNet checkpoint; default: the finetuned one saved with the policy, else the shipped one."""
+    split: str = "test"
+    """Split to walk in order: test or train."""
+    penalty: float = -1.0
+    """Penalty of a wrong prediction, for the mean reward column."""
+    baselines: Literal["all", "full", "none"] = "all"
+    """Baselines to evaluate too: all (full ResNet, FirstK and RandomK for K = 1..15), full, none."""
+    batch_size: int = 1000
+    """Images per batched forward."""
+    seed: int = 0
+    """Seed of RandomK."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    data_dir: str | None = None
+    """Folder holding the CIFAR batches; default: the package's search."""
+    out: Path = Path("results/evaluate/baselines")
+    """Folder for summary.json, table.md and the plots."""
+    plots: bool = True
+    """Draw the plots."""
+
+
+def row(name: str, ev: Evaluation) -> dict:
+    return {"name": name, **ev.summary()}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| policy | accuracy (%) | blocks kept (mean +- std) | GFLOPs (mean +- std) | unique policies | mean reward |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {100 * r['accuracy']:.2f} | {r['blocks_mean']:.2f} +- {r['blocks_std']:.2f} "
+            f"| {r['flops_mean'] / 1e9:.4f} +- {r['flops_std'] / 1e9:.4f} | {r['unique_policies']} "
+            f"| {r['reward_mean']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_flops(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for prefix, style in (("FirstK", "o-"), ("RandomK", "s-")):
+        pts = sorted((r["flops_mean"], r["accuracy"]) for r in rows if r["name"].startswith(prefix))
+        if pts:
+            ax.plot([p[0] / 1e6 for p in pts], [100 * p[1] for p in pts], style, ms=3, label=prefix)
+    for r in rows:
+        if not r["name"].startswith(("FirstK", "RandomK")):
+            ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], "*", ms=12, label=r["name"])
+    ax.set_xlabel("MFLOPs per image")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int) -> None:
+    """Histogram of blocks kept, usage of each block per class, images of frequent policies."""
+    blocks = ev.keep.sum(1)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(blocks.numpy(), bins=torch.arange(num_blocks + 2).numpy() - 0.5, rwidth=0.9)
+    ax.set_xlabel("blocks kept")
+    ax.set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(out / "blocks_hist.png", dpi=120)
+    plt.close(fig)
+
+    classes = int(ev.labels.max()) + 1
+    usage = torch.stack([ev.keep[ev.labels == c].float().mean(0) for c in range(classes)])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    im = ax.imshow(usage.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xlabel("block")
+    ax.set_yticks(range(classes), CLASSES[:classes] if classes == 10 else range(classes))
+    fig.colorbar(im, label="fraction of images that run the block")
+    fig.tight_layout()
+    fig.savefig(out / "usage_per_class.png", dpi=120)
+    plt.close(fig)
+
+    policies, inverse, counts = torch.unique(ev.keep, dim=0, return_inverse=True, return_counts=True)
+    top = counts.argsort(descending=True)[:4]
+    fig, axes = plt.subplots(len(top), 9, figsize=(9, 1.3 * len(top)), squeeze=False)
+    for r, p in enumerate(top):
+        members = (inverse == p).nonzero().flatten()[:8]
+        policy = "".join("1" if b else "0" for b in policies[p].tolist())
+        axes[r, 0].text(0, 0.5, f"{policy}\n{counts[p]} images", fontsize=7, va="center", family="monospace")
+        for c in range(9):
+            axes[r, c].axis("off")
+        for c, i in enumerate(members.tolist()):
+            axes[r, c + 1].imshow(images[i].permute(1, 2, 0).numpy())
+    fig.tight_layout()
+    fig.savefig(out / "frequent_policies.png", dpi=120)
+    plt.close(fig)
+
+
+def main(args: Args) -> list[dict]:
+    policy, resnet_checkpoint, policy_flops, name = None, args.checkpoint, 0.0, None
+    if args.policy is not None:
+        from agents.reinforce import load_agent
+
+        agent = load_agent(args.policy, device=args.device)
+        policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({args.policy.name})"
+    env = BlockDropVectorEnv(
+        num_envs=args.batch_size, split=args.split, penalty=args.penalty, device=args.device,
+        data_dir=args.data_dir, checkpoint=resnet_checkpoint, augment=False,
+    )
+    if args.policy is not None and agent.resnet_state is not None and args.checkpoint is None:
+        env.resnet.load_state_dict(agent.resnet_state)  # the ResNet finetuned with the policy
+    k_total = env.num_blocks
+    rows, evaluations = [], {}
+    if policy is not None:
+        evaluations[name] = evaluate(env, policy, policy_flops)
+        rows.append(row(name, evaluations[name]))
+    if args.baselines != "none":
+        rows.append(row("full ResNet", evaluate(env, FullPolicy(k_total))))
+    if args.baselines == "all":
+        for k in range(1, k_total + 1):
+            rows.append(row(f"FirstK k={k}", evaluate(env, FirstK(k, k_total))))
+        for k in range(1, k_total + 1):
+            rows.append(row(f"RandomK k={k}", evaluate(env, RandomK(k, k_total, args.seed, env.device))))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    recorded = env.task.checkpoint_meta.get("test_accuracy")
+    summary = {"rows": rows, "resnet_checkpoint_test_accuracy": recorded,
+               "args": {k: str(v) for k, v in asdict(args).items()}, **run_metadata()}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = markdown_table(rows)
+    (args.out / "table.md").write_text(table)
+    if args.plots:
+        plot_accuracy_flops(rows, args.out / "accuracy_vs_flops.png")
+        if policy is not None:
+            plot_policy(evaluations[name], env.task.images.cpu(), args.out, k_total)
+    print(table)
+    full = next((r for r in rows if r["name"] == "full ResNet"), None)
+    if full is not None:
+        print(f"full ResNet {args.split} accuracy {full['accuracy']:.4f} "
+              f"(the checkpoint records test accuracy {recorded})")
+    print(f"wrote {args.out}/")
+    return rows
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

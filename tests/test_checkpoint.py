@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from blockdrop_env.checkpoint import DEFAULT_CHECKPOINT, atomic_save, load_resnet, save_resnet
+from blockdrop_env.data import load_cifar
+from blockdrop_env.resnet import CifarResNet, predict, resnet32
+
+from .conftest import requires_real_data
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    model = resnet32()
+    save_resnet(tmp_path / "m.pt", model, test_accuracy=0.5, epochs=3)
+    loaded, meta = load_resnet(tmp_path / "m.pt")
+    assert meta["test_accuracy"] == 0.5 and meta["epochs"] == 3 and meta["depth"] == 32
+    assert not loaded.training
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("depth, classes", [(20, 10), (32, 100)])
+def test_checkpoint_of_wrong_shape_is_refused(tmp_path, depth, classes):
+    save_resnet(tmp_path / "other.pt", CifarResNet(depth, classes))
+    with pytest.raises(ValueError, match=f"ResNet-{depth} with {classes} classes; expected ResNet-32 with 10"):
+        load_resnet(tmp_path / "other.pt")
+
+
+def test_mislabelled_checkpoint_is_refused(tmp_path):
+    ckpt = {"state_dict": CifarResNet(20).state_dict(), "depth": 32, "num_classes": 10}
+    atomic_save(ckpt, tmp_path / "liar.pt")
+    with pytest.raises(ValueError, match="does not fit a ResNet-32"):
+        load_resnet(tmp_path / "liar.pt")
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_resnet(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_resnet(tmp_path / "none.pt")
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "keep.pt"
+    atomic_save({"v": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"v": Unpicklable()}, path)
+    assert torch.load(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.pt"]
+
+
+def test_shipped_checkpoint_has_its_metadata():
+    model, meta = load_resnet()
+    assert DEFAULT_CHECKPOINT.stat().st_size < 3_000_000
+    for key in ("test_accuracy", "epochs", "command", "git_commit", "date", "normalization"):
+        assert key in meta, key
+    assert model.num_blocks == 15
+
+
+@requires_real_data
+def test_shipped_checkpoint_reaches_its_recorded_test_accuracy():
+    model, meta = load_resnet()
+    images, labels = load_cifar("test")
+    accuracy = (predict(model, images) == labels).float().mean().item()
+    assert abs(accuracy - meta["test_accuracy"]) < 1e-3
+    assert accuracy > 0.85
