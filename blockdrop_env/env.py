@@ -69,9 +69,11 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
     * ``device``: where the data and ResNet live; "auto" picks CUDA when present.
     * ``data_dir``: folder holding ``cifar-10-batches-py/``; default: ``$BLOCKDROP_DATA_DIR``,
       then the places in ``blockdrop_env.data.default_data_dirs()``.
-    * ``checkpoint``: ResNet checkpoint; default: the one shipped with the package.
+    * ``checkpoint``: ResNet checkpoint; default: the one shipped with the package. A
+      ``CifarResNet`` module is used as it is (shared, e.g. with a finetuning agent).
     * ``augment``: random crop and flip; default: on for "train", off for "test".
     * ``download``: fetch CIFAR-10 with torchvision when it is not found (default False).
+    * ``limit``: use only the first ``limit`` images of the split.
     * ``dataset``, ``depth``: another CIFAR variant or ResNet depth, with a matching checkpoint.
     """
 
@@ -83,17 +85,18 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
         penalty: float = -1.0,
         device: str | torch.device = "auto",
         data_dir: str | os.PathLike | None = None,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | torch.nn.Module | None = None,
         augment: bool | None = None,
         dataset: str = "cifar10",
         depth: int = 32,
         download: bool = False,
+        limit: int | None = None,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
         self.render_mode = render_mode
-        self.task = BlockDropTask(split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download)
+        self.task = BlockDropTask(split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit)
         self.num_blocks = self.task.num_blocks
         self.observation_space = spaces.Box(0, 255, (3, 32, 32), np.uint8)
         self.action_space = spaces.MultiBinary(self.num_blocks)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import autocast
+
 # Per-channel statistics of the CIFAR-10 train split, in [0, 1] units (BLOCKDROP.md).
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -80,7 +82,7 @@ class CifarResNet(nn.Module):
 
     Args:
         depth: 6n+2 (20, 32, 44, 56, 110, ...); ResNet-32 has n = 5 and K = 15 blocks.
-        num_classes: size of the linear classifier.
+        num_classes: size of the linear classifier; 0 drops it (``forward`` returns the features).
         blocks_per_stage: overrides ``depth``; 1 gives the ResNet-8 trunk of the policy network.
     """
 
@@ -92,9 +94,9 @@ class CifarResNet(nn.Module):
             if depth < 8 or (depth - 2) % 6:
                 raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 20, 32, 110, ...); got {depth}")
             blocks_per_stage = (depth - 2) // 6
-        if blocks_per_stage < 1 or num_classes < 1:
+        if blocks_per_stage < 1 or num_classes < 0:
             raise ValueError(
-                f"need blocks_per_stage >= 1 and num_classes >= 1; got {blocks_per_stage}, {num_classes}"
+                f"need blocks_per_stage >= 1 and num_classes >= 0; got {blocks_per_stage}, {num_classes}"
             )
         self.depth = 6 * blocks_per_stage + 2
         self.num_classes = num_classes
@@ -111,7 +113,7 @@ class CifarResNet(nn.Module):
                 channels, size = width, size // stride
         self.blocks = nn.ModuleList(blocks)
         self.feature_dim = channels
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
         # FLOPs per image (2 x multiply-adds of every conv and linear layer), for 32x32 inputs.
         self.fixed_flops = conv3x3_flops(3, 16, 32) + 2 * channels * num_classes
         self.register_buffer(
@@ -143,7 +145,7 @@ class CifarResNet(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
-        """Class logits (B, num_classes)."""
+        """Class logits (B, num_classes), or the features when the classifier is dropped."""
         return self.fc(self.features(images, keep))
 
     def flops(self, keep: Tensor | None = None) -> Tensor:
@@ -168,6 +170,6 @@ def predict(
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
         k = None if keep is None else keep[start : start + batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             preds.append(model(x, k).argmax(1))
     return torch.cat(preds)

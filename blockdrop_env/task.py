@@ -69,11 +69,14 @@ class BlockDropTask:
         penalty: reward of a wrong prediction (gamma); must be finite.
         device: "auto" (CUDA when present), "cpu", "cuda", ...
         data_dir: folder holding the CIFAR batches (default: see ``blockdrop_env.data``).
-        checkpoint: ResNet checkpoint (default: the one shipped with the package).
+        checkpoint: ResNet checkpoint path (default: the one shipped with the package), or a
+            :class:`CifarResNet` to use as it is (envs that share it see the same weights, as
+            joint finetuning needs).
         augment: random crop and flip of drawn images; default: on for "train", off for "test".
         dataset: "cifar10" or "cifar100".
         depth: depth of the ResNet in the checkpoint.
         download: fetch CIFAR with torchvision when it is not found.
+        limit: use only the first ``limit`` images of the split (smoke runs, tests).
     """
 
     def __init__(
@@ -82,11 +85,12 @@ class BlockDropTask:
         penalty: float = -1.0,
         device: str | torch.device = "auto",
         data_dir: str | os.PathLike | None = None,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | CifarResNet | None = None,
         augment: bool | None = None,
         dataset: str = "cifar10",
         depth: int = 32,
         download: bool = False,
+        limit: int | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
@@ -98,14 +102,19 @@ class BlockDropTask:
         self.split = split
         self.penalty = float(penalty)
         self.augment = split == "train" if augment is None else bool(augment)
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of images; got {limit}")
         images, labels = load_cifar(split, data_dir, dataset, download)
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
+        self.images = images[:limit].to(self.device)
+        self.labels = labels[:limit].to(self.device)
         self.resnet: CifarResNet
-        self.resnet, self.checkpoint_meta = load_resnet(
-            checkpoint, depth, LAYOUTS[dataset].num_classes, self.device
-        )
-        self.resnet.requires_grad_(False)
+        if isinstance(checkpoint, CifarResNet):
+            self.resnet, self.checkpoint_meta = checkpoint.to(self.device), {}
+        else:
+            self.resnet, self.checkpoint_meta = load_resnet(
+                checkpoint, depth, LAYOUTS[dataset].num_classes, self.device
+            )
+            self.resnet.requires_grad_(False)
 
     @property
     def num_images(self) -> int:

@@ -44,16 +44,17 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         penalty: float = -1.0,
         device: str | torch.device = "auto",
         data_dir: str | os.PathLike | None = None,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | torch.nn.Module | None = None,
         augment: bool | None = None,
         dataset: str = "cifar10",
         depth: int = 32,
         download: bool = False,
+        limit: int | None = None,
     ) -> None:
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer; got {num_envs!r}")
         self.num_envs = int(num_envs)
-        self.task = BlockDropTask(split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download)
+        self.task = BlockDropTask(split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit)
         self.device = self.task.device
         self.num_blocks = self.task.num_blocks
         self.single_observation_space = spaces.Box(0, 255, (3, 32, 32), np.uint8)
@@ -95,6 +96,19 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
             indices = self.task.draw(self.num_envs, self._generator)
         self._show(indices)
         return self._images, {"index": indices}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """What a resumed run needs to continue exactly: the generator of image draws and
+        augmentation, and the current images (on the CPU)."""
+        images = self._require_images()
+        return {"generator": self._generator.get_state(), "indices": self._indices.cpu(), "images": images.cpu()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state["images"].shape != (self.num_envs, 3, 32, 32):
+            raise ValueError(f"state holds {tuple(state['images'].shape)} images; this env shows {self.num_envs}")
+        self._generator.set_state(state["generator"])
+        self._indices = self.task.check_indices(state["indices"], self.num_envs)
+        self._images = state["images"].to(self.device)
 
     def _show(self, indices: Tensor) -> None:
         self._indices = indices

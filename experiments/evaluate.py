@@ -35,7 +35,8 @@ class Args:
     policy: Path | None = None
     """BlockDrop agent checkpoint from ``experiments.train_blockdrop``; none: baselines only."""
     checkpoint: Path | None = None
-    """ResNet checkpoint; default: the finetuned one saved with the policy, else the shipped one."""
+    """Base ResNet checkpoint of the baselines (and of a policy saved without a finetuned ResNet);
+    default: the shipped one. A policy saved with its finetuned ResNet is evaluated with that."""
     split: str = "test"
     """Split to walk in order: test or train."""
     penalty: float = -1.0
@@ -141,13 +142,15 @@ def main(args: Args) -> list[dict]:
         num_envs=args.batch_size, split=args.split, penalty=args.penalty, device=args.device,
         data_dir=args.data_dir, checkpoint=resnet_checkpoint, augment=False,
     )
-    if args.policy is not None and agent.resnet_state is not None and args.checkpoint is None:
-        env.resnet.load_state_dict(agent.resnet_state)  # the ResNet finetuned with the policy
     k_total = env.num_blocks
     rows, evaluations = [], {}
     if policy is not None:
+        base_state = {k: v.clone() for k, v in env.resnet.state_dict().items()}
+        if agent.resnet_state is not None:
+            env.resnet.load_state_dict(agent.resnet_state)  # the ResNet finetuned with the policy
         evaluations[name] = evaluate(env, policy, policy_flops)
         rows.append(row(name, evaluations[name]))
+        env.resnet.load_state_dict(base_state)  # baselines run on the base ResNet
     if args.baselines != "none":
         rows.append(row("full ResNet", evaluate(env, FullPolicy(k_total))))
     if args.baselines == "all":

@@ -1,0 +1,33 @@
+"""The BlockDrop policy network: a ResNet-8 trunk, K sigmoid keep probabilities, a value head."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from blockdrop_env.resnet import CifarResNet
+
+
+class PolicyNet(nn.Module):
+    """ResNet-8 (the env's CIFAR ResNet with one block per stage) whose pooled 64-d feature feeds
+    a linear layer with K sigmoid outputs, the keep probabilities s_k, and a linear value head
+    (kept for fidelity to the paper and for actor-critic users; REINFORCE does not use it).
+
+    Takes raw uint8 images like the env's observations.
+    """
+
+    def __init__(self, num_blocks: int = 15) -> None:
+        super().__init__()
+        self.num_blocks = num_blocks
+        self.trunk = CifarResNet(blocks_per_stage=1, num_classes=0)
+        self.keep_head = nn.Linear(self.trunk.feature_dim, num_blocks)
+        self.value_head = nn.Linear(self.trunk.feature_dim, 1)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep probabilities (B, K) and values (B,)."""
+        features = self.trunk(images)
+        return torch.sigmoid(self.keep_head(features)), self.value_head(features).squeeze(1)
+
+    def flops(self) -> float:
+        """FLOPs per image of deciding: the trunk and the keep head (2 x multiply-adds)."""
+        return float(self.trunk.flops()) + 2 * self.trunk.feature_dim * self.num_blocks

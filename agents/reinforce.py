@@ -1,0 +1,178 @@
+"""Self-critical REINFORCE for BlockDrop (Wu et al. 2018), against the vector env.
+
+Per batch of images: keep probabilities s = policy(x); the greedy action ``s >= 0.5`` is the
+baseline; the exploration probabilities are bounded, ``s' = alpha*s + (1-alpha)*(1-s)``; the
+sampled action ``u ~ Bernoulli(s')`` is stepped in the env; the advantage is
+``R(u) - R(greedy)`` on the same images; the loss is the advantage-weighted negative
+log-likelihood minus ``beta`` times the entropy of s'. Blocks forced on by the curriculum are
+left out of the log-likelihood and the entropy.
+
+Joint finetuning reaches the env's ResNet through ``env.unwrapped.resnet`` (the module the env
+scores with, so rewards follow the finetuned weights at once) and the current labels through
+``env.unwrapped.labels``; it adds the cross-entropy of the ResNet's prediction under the sampled
+action. That is the whole API an agent needs from the env beyond ``step``/``score``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from blockdrop_env.checkpoint import atomic_save
+from blockdrop_env.device import autocast, resolve_device
+
+from .policy import PolicyNet
+
+
+@dataclass
+class ReinforceConfig:
+    """Hyper-parameters of one stage (the paper's defaults are curriculum learning's)."""
+
+    lr: float = 1e-3
+    """Adam learning rate of the policy (and of the ResNet when finetuning)."""
+    alpha: float = 0.8
+    """Bound of the exploration probabilities: s' = alpha*s + (1-alpha)*(1-s)."""
+    beta: float = 0.1
+    """Weight of the entropy bonus (0 in joint finetuning)."""
+    finetune: bool = False
+    """Train the env's ResNet too, with the cross-entropy under the sampled action."""
+
+
+def bounded(probs: Tensor, alpha: float) -> Tensor:
+    """Exploration probabilities s' = alpha*s + (1-alpha)*(1-s), kept away from 0 and 1."""
+    return alpha * probs + (1 - alpha) * (1 - probs)
+
+
+def reinforce_loss(
+    probs: Tensor, sampled: Tensor, advantage: Tensor, decide: Tensor, alpha: float, beta: float
+) -> tuple[Tensor, Tensor]:
+    """Self-critical policy-gradient loss and the mean entropy of s' over the decided blocks.
+
+    ``probs`` (B, K) keep probabilities s; ``sampled`` (B, K) the action taken; ``advantage`` (B,)
+    R(sampled) - R(greedy); ``decide`` (K,) bool, the blocks the policy chose (others are forced).
+    """
+    s = bounded(probs, alpha)
+    u = sampled.float()
+    mask = decide.float()
+    log_likelihood = ((u * torch.log(s) + (1 - u) * torch.log1p(-s)) * mask).sum(1)
+    entropy = (-(s * torch.log(s) + (1 - s) * torch.log1p(-s)) * mask).sum(1).mean()
+    loss = -(advantage.detach() * log_likelihood).mean() - beta * entropy
+    return loss, entropy
+
+
+class BlockDropAgent:
+    """A policy network, optionally a finetuned ResNet state, and the act functions."""
+
+    def __init__(self, num_blocks: int = 15, device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(device)
+        self.policy = PolicyNet(num_blocks).to(self.device)
+        self.resnet_state: dict[str, Tensor] | None = None  # set when loaded from a finetuned run
+
+    @torch.no_grad()
+    def greedy(self, images: Tensor) -> Tensor:
+        """The deterministic policy ``s >= 0.5`` (eval mode), as a bool (B, K) mask."""
+        was_training = self.policy.training
+        self.policy.eval()
+        with autocast(self.device):
+            probs, _ = self.policy(images)
+        self.policy.train(was_training)
+        return probs >= 0.5
+
+
+def train_step(
+    agent: BlockDropAgent,
+    env: Any,
+    optimizer: torch.optim.Optimizer,
+    config: ReinforceConfig,
+    generator: torch.Generator,
+) -> dict[str, Tensor]:
+    """One self-critical update on the env's current images; steps the env once.
+
+    ``env`` is a :class:`BlockDropVectorEnv`, optionally under a
+    :class:`blockdrop_env.wrappers.CurriculumVectorWrapper` whose ``forced`` blocks are on in
+    both actions and out of the loss. Returns detached per-step statistics (no host sync).
+    """
+    base = env.unwrapped
+    forced = getattr(env, "forced", torch.zeros(base.num_blocks, dtype=torch.bool, device=base.device))
+    images = base.images
+    agent.policy.train()
+    with autocast(base.device):
+        probs, _ = agent.policy(images)
+    probs = probs.float()
+    greedy = (probs.detach() >= 0.5) | forced
+    sampled = torch.bernoulli(bounded(probs.detach(), config.alpha), generator=generator).bool() | forced
+    reward_greedy = env.score(greedy)
+    loss_extra = torch.zeros((), device=base.device)
+    if config.finetune:
+        labels = base.labels
+        with autocast(base.device):
+            logits = base.resnet(images, sampled)
+        loss_extra = F.cross_entropy(logits.float(), labels)
+    _, reward, _, _, info = env.step(sampled)
+    loss, entropy = reinforce_loss(probs, sampled, reward - reward_greedy, ~forced, config.alpha, config.beta)
+    optimizer.zero_grad(set_to_none=True)
+    (loss + loss_extra).backward()
+    optimizer.step()
+    return {
+        "reward": reward.detach(),
+        "reward_greedy": reward_greedy,
+        "correct": info["correct"],
+        "blocks_kept": info["blocks_kept"],
+        "greedy": greedy,
+        "entropy": entropy.detach(),
+        "loss": loss.detach(),
+        "ce": loss_extra.detach(),
+    }
+
+
+def make_optimizer(agent: BlockDropAgent, env: Any, config: ReinforceConfig) -> torch.optim.Adam:
+    """Adam over the policy, and over the env's ResNet when finetuning (which unfreezes it; its
+    batch-norm statistics stay frozen: the ResNet stays in eval mode)."""
+    params = list(agent.policy.parameters())
+    resnet = env.unwrapped.resnet
+    resnet.requires_grad_(config.finetune)
+    if config.finetune:
+        params += list(resnet.parameters())
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+def save_agent(path: str | os.PathLike, agent: BlockDropAgent, **state: Any) -> None:
+    """Atomically save the policy (and a finetuned ResNet, when given as ``resnet``) with ``state``."""
+    resnet = state.pop("resnet", None)
+    atomic_save(
+        {
+            "policy": agent.policy.state_dict(),
+            "num_blocks": agent.policy.num_blocks,
+            "resnet": None if resnet is None else {k: v.detach().cpu() for k, v in resnet.state_dict().items()},
+            **state,
+        },
+        path,
+    )
+
+
+def load_agent(path: str | os.PathLike, device: str | torch.device = "auto") -> BlockDropAgent:
+    """A trained agent from a checkpoint of ``experiments.train_blockdrop`` (or ``save_agent``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"agent checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"agent checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "policy" not in ckpt:
+        raise ValueError(f"{path} is not a BlockDrop agent checkpoint (no 'policy')")
+    agent = BlockDropAgent(ckpt.get("num_blocks", 15), device)
+    agent.policy.load_state_dict(ckpt["policy"])
+    agent.policy.eval()
+    agent.resnet_state = ckpt.get("resnet")
+    return agent
+
+
+def config_dict(config: ReinforceConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,220 @@
+"""Train the BlockDrop agent: curriculum learning, then joint finetuning of policy and ResNet.
+
+    python -m experiments.train_blockdrop --curriculum-epochs 5000 --finetune-epochs 2000
+    python -m experiments.train_blockdrop --stage curriculum --curriculum-epochs 20 --limit 4096  # smoke
+    python -m experiments.train_blockdrop --out runs/blockdrop/default --resume  # continue exactly
+
+An epoch is one pass's worth of images of the train split (drawn with replacement, augmented).
+The checkpoint ``<out>/agent.pt`` is rewritten atomically every ``checkpoint_every`` epochs and at
+the end, with everything ``--resume`` needs to continue exactly: policy, optimiser, finetuned
+ResNet, epoch and the states of every random generator. TensorBoard logs go to ``<out>/tb``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from agents.evaluation import evaluate
+from agents.reinforce import BlockDropAgent, ReinforceConfig, load_agent, make_optimizer, save_agent, train_step
+from blockdrop_env.checkpoint import load_resnet, run_metadata
+from blockdrop_env.data import load_cifar
+from blockdrop_env.vector_env import BlockDropVectorEnv
+from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
+
+
+@dataclass
+class Args:
+    stage: Literal["both", "curriculum", "finetune"] = "both"
+    """Curriculum learning then joint finetuning, or either alone."""
+    curriculum_epochs: int = 5000
+    """Epochs of curriculum learning (the reference run used 5000)."""
+    finetune_epochs: int = 2000
+    """Epochs of joint finetuning (the paper: 2000)."""
+    batch_size: int = 2048
+    """Images per curriculum step."""
+    finetune_batch_size: int = 256
+    """Images per finetuning step."""
+    lr: float = 1e-3
+    """Adam learning rate in curriculum learning."""
+    finetune_lr: float = 1e-4
+    """Adam learning rate in finetuning, for policy and ResNet."""
+    lr_decay_at: float = 0.8
+    """Fraction of the finetuning epochs after which its learning rate is divided by 10."""
+    penalty: float = -1.0
+    """Reward of a wrong prediction in curriculum learning."""
+    finetune_penalty: float = -10.0
+    """Reward of a wrong prediction in finetuning (the paper: -5 or -10)."""
+    alpha: float = 0.8
+    """Bound of the exploration probabilities."""
+    beta: float = 0.1
+    """Entropy bonus in curriculum learning (none in finetuning)."""
+    curriculum_step: float = 1.0
+    """Blocks handed to the policy per curriculum epoch (fractions allowed: 0.1 = one per 10 epochs)."""
+    init: Path | None = None
+    """Agent checkpoint to start from (e.g. a curriculum run for --stage finetune)."""
+    resnet_checkpoint: Path | None = None
+    """ResNet to start from; default: the finetuned one in --init, else the shipped checkpoint."""
+    out: Path = Path("runs/blockdrop/default")
+    """Run folder: agent.pt, summary.json, tb/."""
+    checkpoint_every: int = 10
+    """Epochs between checkpoints (one is always written at the end)."""
+    eval_every: int = 10
+    """Epochs between evaluations on the test split (one is always run at the end)."""
+    stop_after: int | None = None
+    """Stop this run after this many epochs (for time-boxed runs; --resume continues)."""
+    resume: bool = False
+    """Continue the run in --out exactly where its checkpoint left it."""
+    limit: int | None = None
+    """Use only the first N train and N test images (smoke runs)."""
+    seed: int = 0
+    """Seed of the initialisation, the image draws, augmentation and action sampling."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    data_dir: str | None = None
+    """Folder holding the CIFAR batches; default: the package's search."""
+
+
+def stages(args: Args) -> list[tuple[str, int]]:
+    """(stage, epochs) in the order they run."""
+    plan = {"both": [("curriculum", args.curriculum_epochs), ("finetune", args.finetune_epochs)],
+            "curriculum": [("curriculum", args.curriculum_epochs)],
+            "finetune": [("finetune", args.finetune_epochs)]}[args.stage]
+    return [(name, epochs) for name, epochs in plan if epochs > 0]
+
+
+def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Per-epoch train figures from the steps' tensors; the one host sync of the epoch."""
+    cat = {k: torch.cat([s[k].reshape(len(s[k]) if s[k].ndim else 1, *s[k].shape[1:]) for s in steps])
+           for k in steps[0]}
+    blocks = cat["blocks_kept"].double()
+    return {
+        "accuracy": cat["correct"].double().mean().item(),
+        "reward": cat["reward"].double().mean().item(),
+        "reward_greedy": cat["reward_greedy"].double().mean().item(),
+        "blocks_mean": blocks.mean().item(),
+        "blocks_std": blocks.std(unbiased=False).item(),
+        "unique_policies": len(torch.unique(cat["greedy"], dim=0)),
+        "entropy": cat["entropy"].mean().item(),
+        "loss": cat["loss"].mean().item(),
+    }
+
+
+def main(args: Args) -> dict:
+    torch.manual_seed(args.seed)
+    agent = BlockDropAgent(device=args.device)
+    device = agent.device
+    ckpt_path = args.out / "agent.pt"
+    if args.resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if args.resume else None
+
+    init = load_agent(args.init, device) if args.init is not None else None
+    resnet, _ = load_resnet(args.resnet_checkpoint, device=device)
+    if init is not None:
+        agent.policy.load_state_dict(init.policy.state_dict())
+        if init.resnet_state is not None and args.resnet_checkpoint is None:
+            resnet.load_state_dict(init.resnet_state)
+    if state is not None:
+        agent.policy.load_state_dict(state["policy"])
+        if state["resnet"] is not None:
+            resnet.load_state_dict(state["resnet"])
+
+    # Every env shares the one ResNet: finetuning changes what all of them score with.
+    common = dict(device=device, data_dir=args.data_dir, checkpoint=resnet, limit=args.limit)
+    num_test = min(len(load_cifar("test", args.data_dir)[1]), args.limit or 10**9)
+    test_env = BlockDropVectorEnv(num_envs=min(1000, num_test), split="test", augment=False, **common)
+    plan = stages(args)
+    total_epochs = sum(e for _, e in plan)
+    envs = {}
+    for name, _ in plan:
+        batch = args.batch_size if name == "curriculum" else args.finetune_batch_size
+        penalty = args.penalty if name == "curriculum" else args.finetune_penalty
+        env = BlockDropVectorEnv(num_envs=batch, split="train", penalty=penalty, **common)
+        env.reset(seed=args.seed + len(envs))
+        envs[name] = CurriculumVectorWrapper(env) if name == "curriculum" else env
+    generator = torch.Generator(device).manual_seed(args.seed)
+
+    start_epoch = 0
+    if state is not None:
+        start_epoch = state["epoch"]
+        generator.set_state(state["rng"]["sampling"])
+        for name, env_state in state["envs"].items():
+            if name in envs:
+                envs[name].unwrapped.load_state_dict(env_state)
+
+    writer = SummaryWriter(str(args.out / "tb"))
+    stop_at = total_epochs if args.stop_after is None else min(total_epochs, start_epoch + args.stop_after)
+    optimizer, current_stage, finetuned = None, None, state is not None and state["resnet"] is not None
+    bar = tqdm(range(start_epoch, stop_at), desc="BlockDrop", unit="epoch")
+    summary: dict = {}
+
+    def checkpoint(epoch: int) -> None:
+        save_agent(
+            ckpt_path, agent, resnet=resnet if finetuned else None, epoch=epoch, stage=current_stage,
+            optimizer=optimizer.state_dict(), args={k: str(v) for k, v in asdict(args).items()},
+            rng={"sampling": generator.get_state()},
+            envs={n: e.unwrapped.state_dict() for n, e in envs.items()},
+            **run_metadata(),
+        )
+
+    for epoch in bar:
+        # Which stage, and the epoch within it.
+        offset = 0
+        for name, epochs in plan:
+            if epoch < offset + epochs:
+                stage_epoch, stage_epochs = epoch - offset, epochs
+                break
+            offset += epochs
+        env = envs[name]
+        if name != current_stage:
+            config = ReinforceConfig(
+                lr=args.lr if name == "curriculum" else args.finetune_lr, alpha=args.alpha,
+                beta=args.beta if name == "curriculum" else 0.0, finetune=name == "finetune",
+            )
+            optimizer = make_optimizer(agent, env, config)
+            if state is not None and state["stage"] == name and state["epoch"] == epoch:
+                optimizer.load_state_dict(state["optimizer"])
+            current_stage, finetuned = name, finetuned or name == "finetune"
+        if name == "curriculum":
+            env.decided = curriculum_decided(stage_epoch, env.unwrapped.num_blocks, args.curriculum_step)
+        else:
+            decay = stage_epoch >= args.lr_decay_at * stage_epochs
+            for group in optimizer.param_groups:
+                group["lr"] = args.finetune_lr * (0.1 if decay else 1.0)
+
+        steps = math.ceil(env.unwrapped.task.num_images / env.num_envs)
+        stats = epoch_stats([train_step(agent, env, optimizer, config, generator) for _ in range(steps)])
+        stats["decided"] = env.decided if name == "curriculum" else env.unwrapped.num_blocks
+        for key, value in stats.items():
+            writer.add_scalar(f"train/{key}", value, epoch + 1)
+        bar.set_postfix(stage=name, reward=f"{stats['reward']:.3f}", acc=f"{stats['accuracy']:.3f}",
+                        blocks=f"{stats['blocks_mean']:.1f}")
+
+        last = epoch + 1 == stop_at
+        if (epoch + 1) % args.eval_every == 0 or last:
+            ev = evaluate(test_env, agent.greedy, agent.policy.flops()).summary()
+            for key, value in ev.items():
+                writer.add_scalar(f"test/{key}", value, epoch + 1)
+            tqdm.write(f"epoch {epoch + 1} [{name}] train reward {stats['reward']:.4f} acc {stats['accuracy']:.4f} "
+                       f"blocks {stats['blocks_mean']:.2f} | test acc {ev['accuracy']:.4f} "
+                       f"blocks {ev['blocks_mean']:.2f} +- {ev['blocks_std']:.2f} unique {ev['unique_policies']}")
+            summary = {"epoch": epoch + 1, "stage": name, "train": stats, "test": ev}
+        if (epoch + 1) % args.checkpoint_every == 0 or last:
+            checkpoint(epoch + 1)
+    writer.close()
+    if summary:
+        (args.out / "summary.json").write_text(json.dumps({**summary, **run_metadata()}, indent=2) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,151 @@
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from agents.baselines import FirstK, FullPolicy, RandomK
+from agents.evaluation import evaluate
+from agents.policy import PolicyNet
+from agents.reinforce import BlockDropAgent, ReinforceConfig, load_agent, make_optimizer, reinforce_loss, train_step
+from blockdrop_env.checkpoint import save_resnet
+from blockdrop_env.resnet import predict, resnet32
+from blockdrop_env.vector_env import BlockDropVectorEnv
+from blockdrop_env.wrappers import CurriculumVectorWrapper, CurriculumWrapper, curriculum_decided
+from blockdrop_env.env import BlockDropEnv
+
+
+def entropy(p: float) -> float:
+    return -p * math.log(p) - (1 - p) * math.log(1 - p)
+
+
+def test_loss_equals_closed_form_on_a_hand_worked_case():
+    probs = torch.tensor([[0.5, 0.9, 0.3], [0.2, 0.6, 0.7]], requires_grad=True)
+    sampled = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.bool)
+    advantage = torch.tensor([2.0, -1.0])
+    decide = torch.tensor([False, True, True])  # block 0 forced on by the curriculum
+    loss, ent = reinforce_loss(probs, sampled, advantage, decide, alpha=0.8, beta=0.1)
+    # s' = 0.8 s + 0.2 (1 - s): 0.9 -> 0.74, 0.3 -> 0.38, 0.6 -> 0.56, 0.7 -> 0.62.
+    ll0 = math.log(1 - 0.74) + math.log(0.38)
+    ll1 = math.log(1 - 0.56) + math.log(0.62)
+    expected_entropy = ((entropy(0.74) + entropy(0.38)) + (entropy(0.56) + entropy(0.62))) / 2
+    expected = -(2.0 * ll0 - 1.0 * ll1) / 2 - 0.1 * expected_entropy
+    assert ent.item() == pytest.approx(expected_entropy, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert torch.all(probs.grad[:, 0] == 0)  # forced blocks get no gradient
+    assert torch.all(probs.grad[:, 1:] != 0)
+
+
+def test_policy_network_shapes_and_flops():
+    policy = PolicyNet(15)
+    probs, value = policy(torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
+    assert probs.shape == (4, 15) and value.shape == (4,)
+    assert torch.all((probs > 0) & (probs < 1))
+    assert len(policy.trunk.blocks) == 3  # ResNet-8
+    assert policy.flops() == pytest.approx(2 * 9 * 3 * 16 * 1024 + sum(b.flops for b in policy.trunk.blocks) + 2 * 64 * 15)
+
+
+@pytest.mark.parametrize("epoch, step, expected", [(0, 1.0, 1), (4, 1.0, 5), (20, 1.0, 15), (0, 0.1, 1), (19, 0.1, 2), (3, 2.0, 8)])
+def test_curriculum_schedule(epoch, step, expected):
+    assert curriculum_decided(epoch, 15, step) == expected
+
+
+def test_curriculum_wrappers_force_the_early_blocks(env_kwargs):
+    vec = CurriculumVectorWrapper(BlockDropVectorEnv(num_envs=4, split="test", **env_kwargs), decided=3)
+    assert vec.forced.tolist() == [True] * 12 + [False] * 3
+    vec.reset(seed=0)
+    zeros = torch.zeros(4, 15, dtype=torch.bool)
+    _, _, _, _, info = vec.step(zeros)
+    assert info["blocks_kept"].tolist() == [12] * 4
+    assert torch.equal(vec.score(zeros), vec.env.score(vec.actions(zeros)))
+    with pytest.raises(ValueError, match="values must be 0 or 1"):
+        vec.step(torch.full((4, 15), 0.5))  # forcing does not hide bad input
+    single = CurriculumWrapper(BlockDropEnv(split="test", **env_kwargs), decided=5)
+    single.reset(seed=0)
+    assert single.step(np.zeros(15))[4]["blocks_kept"] == 10
+    with pytest.raises(ValueError, match="decided must lie"):
+        single.decided = 16
+
+
+def test_evaluation_figures_on_a_tiny_fixed_case(env_kwargs):
+    env = BlockDropVectorEnv(num_envs=5, split="test", penalty=-1.0, **env_kwargs)  # 16 images: ragged last batch
+    ev = evaluate(env, FirstK(4), policy_flops=1000.0)
+    full = evaluate(env, FullPolicy())
+    resnet = env.resnet
+    images, labels = env.task.images, env.task.labels
+    keep = torch.zeros(16, 15, dtype=torch.bool)
+    keep[:, :4] = True
+    correct = predict(resnet, images, keep) == labels
+    assert ev.num_images == 16 and ev.keep.shape == (16, 15)
+    assert ev.accuracy == pytest.approx(correct.float().mean().item())
+    assert ev.reward_mean == pytest.approx(torch.where(correct, 1 - (4 / 15) ** 2, -1.0).mean().item(), rel=1e-6)
+    assert (ev.blocks_mean, ev.blocks_std, ev.unique_policies) == (4.0, 0.0, 1)
+    assert ev.flops_mean == pytest.approx(resnet.flops(keep[:1]).item() + 1000.0)
+    assert full.accuracy == pytest.approx((predict(resnet, images) == labels).float().mean().item())
+    rand = evaluate(env, RandomK(6, seed=1))
+    assert rand.blocks_mean == 6.0 and rand.unique_policies > 10
+
+
+def synthetic_learnable(folder, n: int = 256):
+    """Random images labelled by a random ResNet-32's full prediction: keeping every block is
+    always right, and a policy can learn which blocks may go."""
+    torch.manual_seed(0)
+    model = resnet32().eval()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    save_resnet(folder / "r32.pt", model)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
+    labels = predict(model, images).tolist()
+    root = folder / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({"data": images.reshape(n, -1).numpy(), "labels": labels}, f)
+    return {"data_dir": folder, "checkpoint": folder / "r32.pt", "device": "cpu"}
+
+
+@pytest.mark.slow
+def test_agent_beats_random_policy_quickly(tmp_path):
+    kwargs = synthetic_learnable(tmp_path)
+    train_env = BlockDropVectorEnv(num_envs=128, split="train", augment=False, **kwargs)
+    eval_env = BlockDropVectorEnv(num_envs=256, split="test", **kwargs)
+    generator = torch.Generator().manual_seed(0)
+    random_policy = evaluate(eval_env, lambda x: torch.rand(len(x), 15, generator=generator) < 0.5)
+    full = evaluate(eval_env, FullPolicy())
+    agent = BlockDropAgent(device="cpu")
+    config = ReinforceConfig()
+    optimizer = make_optimizer(agent, train_env, config)
+    train_env.reset(seed=0)
+    for _ in range(20):
+        train_step(agent, train_env, optimizer, config, generator)
+    trained = evaluate(eval_env, agent.greedy)
+    assert trained.reward_mean > max(random_policy.reward_mean, full.reward_mean) + 0.3
+    assert trained.blocks_mean < 14
+
+
+def test_finetuning_trains_the_env_resnet(env_kwargs):
+    env = BlockDropVectorEnv(num_envs=8, split="train", penalty=-5.0, **env_kwargs)
+    agent = BlockDropAgent(device="cpu")
+    config = ReinforceConfig(lr=1e-3, beta=0.0, finetune=True)
+    before = {k: v.clone() for k, v in env.resnet.state_dict().items()}
+    optimizer = make_optimizer(agent, env, config)
+    env.reset(seed=0)
+    stats = train_step(agent, env, optimizer, config, torch.Generator().manual_seed(0))
+    assert stats["ce"] > 0
+    changed = [k for k, v in env.resnet.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("residual" in k and "weight" in k for k in changed)
+    assert not any("running" in k for k in changed)  # batch-norm statistics stay frozen
+    make_optimizer(agent, env, ReinforceConfig())  # back to a frozen ResNet
+    assert not any(p.requires_grad for p in env.resnet.parameters())
+
+
+def test_load_agent_refuses_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_agent(tmp_path / "none.pt", device="cpu")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a BlockDrop agent checkpoint"):
+        load_agent(tmp_path / "other.pt", device="cpu")

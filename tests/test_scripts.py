@@ -1,0 +1,97 @@
+"""Smoke runs of the experiment scripts, and exact resumption of agent training."""
+
+import json
+
+import pytest
+import torch
+
+from agents.reinforce import load_agent
+from blockdrop_env.checkpoint import load_resnet
+from experiments import evaluate as evaluate_script
+from experiments import pretrain_resnet, train_blockdrop
+
+from .conftest import requires_real_data
+
+
+@requires_real_data
+def test_pretrain_smoke_run_on_real_images(tmp_path):
+    out = tmp_path / "r32.pt"
+    summary = pretrain_resnet.main(pretrain_resnet.Args(epochs=1, batch_size=64, limit=256, out=out, device="cpu"))
+    model, meta = load_resnet(out)
+    assert meta["epochs"] == 1 and meta["test_accuracy"] == summary["test_accuracy"]
+    for key in ("command", "git_commit", "date", "normalization", "train_seconds"):
+        assert key in meta
+    assert not out.with_suffix(".resume.pt").exists() and out.with_suffix(".json").exists()
+
+
+def test_pretrain_resume_continues_exactly(synthetic_dir, tmp_path, monkeypatch):
+    args = dict(batch_size=16, device="cpu", data_dir=str(synthetic_dir), epochs=2)
+    pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "straight.pt"))
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(obj, path):  # the run dies right after writing its first resume file
+        original_save(obj, path)
+        raise Crash
+
+    original_save = pretrain_resnet.atomic_save
+    monkeypatch.setattr(pretrain_resnet, "atomic_save", save_then_crash)
+    with pytest.raises(Crash):
+        pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "resumed.pt"))
+    monkeypatch.setattr(pretrain_resnet, "atomic_save", original_save)
+    assert not (tmp_path / "resumed.pt").exists() and (tmp_path / "resumed.resume.pt").exists()
+    pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "resumed.pt", resume=True))
+    straight = load_resnet(tmp_path / "straight.pt")[0].state_dict()
+    resumed = load_resnet(tmp_path / "resumed.pt")[0].state_dict()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def train_args(tmp_path, env_kwargs, **kw):
+    base = dict(
+        stage="both", curriculum_epochs=2, finetune_epochs=2, batch_size=16, finetune_batch_size=8,
+        out=tmp_path / "run", checkpoint_every=1, eval_every=1, device="cpu",
+        data_dir=str(env_kwargs["data_dir"]), resnet_checkpoint=env_kwargs["checkpoint"], seed=3,
+    )
+    return train_blockdrop.Args(**{**base, **kw})
+
+
+def test_train_then_evaluate_smoke(tmp_path, env_kwargs):
+    summary = train_blockdrop.main(train_args(tmp_path, env_kwargs))
+    assert summary["epoch"] == 4 and summary["stage"] == "finetune"
+    assert (tmp_path / "run" / "summary.json").exists() and list((tmp_path / "run" / "tb").iterdir())
+    agent = load_agent(tmp_path / "run" / "agent.pt", device="cpu")
+    assert agent.resnet_state is not None  # finetuned ResNet saved with the policy
+    rows = evaluate_script.main(evaluate_script.Args(
+        policy=tmp_path / "run" / "agent.pt", device="cpu", data_dir=str(env_kwargs["data_dir"]),
+        checkpoint=env_kwargs["checkpoint"],
+        out=tmp_path / "eval", batch_size=8, baselines="all",
+    ))
+    names = [r["name"] for r in rows]
+    assert names[0].startswith("BlockDrop") and "full ResNet" in names and "FirstK k=15" in names
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert saved["rows"][0]["accuracy"] == rows[0]["accuracy"]
+    for png in ("accuracy_vs_flops", "blocks_hist", "usage_per_class", "frequent_policies"):
+        assert (tmp_path / "eval" / f"{png}.png").stat().st_size > 1000
+    assert "| full ResNet |" in (tmp_path / "eval" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("split_at", [1, 3])  # in curriculum learning, in finetuning
+def test_resume_gives_identical_parameters(tmp_path, env_kwargs, split_at):
+    straight = train_args(tmp_path / "a", env_kwargs)
+    train_blockdrop.main(straight)
+    first = train_args(tmp_path / "b", env_kwargs, stop_after=split_at)
+    train_blockdrop.main(first)
+    train_blockdrop.main(train_args(tmp_path / "b", env_kwargs, resume=True))
+    a = torch.load(tmp_path / "a" / "run" / "agent.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "run" / "agent.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 4
+    for part in ("policy", "resnet"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path, env_kwargs):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, resume=True))
