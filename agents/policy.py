@@ -8,6 +8,11 @@ from torch import Tensor, nn
 from blockdrop_env.resnet import CifarResNet
 
 
+def resnet8_trunk() -> CifarResNet:
+    """The policy's trunk: the env's CIFAR ResNet with one block per stage, pooled 64-d output."""
+    return CifarResNet(blocks_per_stage=1, num_classes=0)
+
+
 class PolicyNet(nn.Module):
     """ResNet-8 (the env's CIFAR ResNet with one block per stage) whose pooled 64-d feature feeds
     a linear layer with K sigmoid outputs, the keep probabilities s_k, and a linear value head
@@ -19,7 +24,7 @@ class PolicyNet(nn.Module):
     def __init__(self, num_blocks: int = 15) -> None:
         super().__init__()
         self.num_blocks = num_blocks
-        self.trunk = CifarResNet(blocks_per_stage=1, num_classes=0)
+        self.trunk = resnet8_trunk()
         self.keep_head = nn.Linear(self.trunk.feature_dim, num_blocks)
         self.value_head = nn.Linear(self.trunk.feature_dim, 1)
 

@@ -12,7 +12,7 @@ import torch
 
 from blockdrop_env.checkpoint import save_resnet
 from blockdrop_env.data import find_dataset
-from blockdrop_env.resnet import resnet32
+from blockdrop_env.resnet import predict, resnet32
 
 PER_BATCH = 16
 
@@ -68,3 +68,23 @@ def real_data_available() -> bool:
 
 
 requires_real_data = pytest.mark.skipif(not real_data_available(), reason="real CIFAR-10 not found")
+
+
+def synthetic_learnable(folder, n: int = 256):
+    """Random images labelled by a random ResNet-32's full prediction: keeping every block is
+    always right, and a policy can learn which blocks may go."""
+    torch.manual_seed(0)
+    model = resnet32().eval()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    save_resnet(folder / "r32.pt", model)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
+    labels = predict(model, images).tolist()
+    root = folder / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({"data": images.reshape(n, -1).numpy(), "labels": labels}, f)
+    return {"data_dir": folder, "checkpoint": folder / "r32.pt", "device": "cpu"}

@@ -1,5 +1,4 @@
 import math
-import pickle
 
 import numpy as np
 import pytest
@@ -9,11 +8,12 @@ from agents.baselines import FirstK, FullPolicy, RandomK
 from agents.evaluation import evaluate
 from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, load_agent, make_optimizer, reinforce_loss, train_step
-from blockdrop_env.checkpoint import save_resnet
-from blockdrop_env.resnet import predict, resnet32
+from blockdrop_env.resnet import predict
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, CurriculumWrapper, curriculum_decided
 from blockdrop_env.env import BlockDropEnv
+
+from .conftest import synthetic_learnable
 
 
 def entropy(p: float) -> float:
@@ -86,26 +86,6 @@ def test_evaluation_figures_on_a_tiny_fixed_case(env_kwargs):
     assert full.accuracy == pytest.approx((predict(resnet, images) == labels).float().mean().item())
     rand = evaluate(env, RandomK(6, seed=1))
     assert rand.blocks_mean == 6.0 and rand.unique_policies > 10
-
-
-def synthetic_learnable(folder, n: int = 256):
-    """Random images labelled by a random ResNet-32's full prediction: keeping every block is
-    always right, and a policy can learn which blocks may go."""
-    torch.manual_seed(0)
-    model = resnet32().eval()
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    save_resnet(folder / "r32.pt", model)
-    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
-    labels = predict(model, images).tolist()
-    root = folder / "cifar-10-batches-py"
-    root.mkdir()
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(root / name, "wb") as f:
-            pickle.dump({"data": images.reshape(n, -1).numpy(), "labels": labels}, f)
-    return {"data_dir": folder, "checkpoint": folder / "r32.pt", "device": "cpu"}
 
 
 @pytest.mark.slow

@@ -1,0 +1,75 @@
+"""Stable-Baselines3 algorithms on BlockDrop: the ResNet-8 features extractor shared with the
+BlockDrop agent, and PPO / A2C / TRPO with defaults suited to a one-step bandit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import Tensor
+
+from .policy import resnet8_trunk
+
+
+class ResNet8Extractor(BaseFeaturesExtractor):
+    """The BlockDrop policy's ResNet-8 trunk as an SB3 features extractor (64-d).
+
+    SB3 scales uint8 image observations to [0, 1] before the extractor; the trunk's own
+    normalisation takes it from there. (SB3's NatureCNN cannot take 32x32 images.)
+    """
+
+    def __init__(self, observation_space: gym.spaces.Box) -> None:
+        trunk = resnet8_trunk()
+        super().__init__(observation_space, features_dim=trunk.feature_dim)
+        self.trunk = trunk
+
+    def forward(self, observations: Tensor) -> Tensor:
+        return self.trunk(observations)
+
+
+def _trpo():
+    try:
+        from sb3_contrib import TRPO
+    except ImportError as e:  # the 'contrib' extra
+        raise ImportError("TRPO needs sb3-contrib: pip install 'blockdrop-gym[contrib]'") from e
+    return TRPO
+
+
+# One-step episodes: the return is the reward, so gamma and GAE do not matter (set to 0 and 1
+# for clarity); each rollout step yields num_envs samples, so few steps per rollout suffice.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"n_steps": 4, "batch_size": 256, "n_epochs": 4, "learning_rate": 3e-4, "gamma": 0.0,
+            "gae_lambda": 1.0, "ent_coef": 0.0},
+    "a2c": {"n_steps": 1, "learning_rate": 7e-4, "gamma": 0.0, "gae_lambda": 1.0, "ent_coef": 0.0},
+    "trpo": {"n_steps": 4, "batch_size": 256, "learning_rate": 1e-3, "gamma": 0.0, "gae_lambda": 1.0},
+}
+ALGORITHMS = tuple(DEFAULTS)
+
+
+def make_algorithm(name: str, env, seed: int = 0, device: str | torch.device = "auto", **overrides: Any) -> BaseAlgorithm:
+    """PPO, A2C (Stable-Baselines3) or TRPO (sb3-contrib) with the ResNet-8 extractor on ``env``
+    (an SB3 VecEnv, e.g. :class:`blockdrop_env.sb3.SB3VecEnv`)."""
+    name = name.lower()
+    if name not in DEFAULTS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {name!r}")
+    cls = {"ppo": PPO, "a2c": A2C}.get(name) or _trpo()
+    kwargs = {**DEFAULTS[name], **overrides}
+    kwargs["policy_kwargs"] = {"features_extractor_class": ResNet8Extractor, "net_arch": [],
+                               **kwargs.get("policy_kwargs", {})}
+    if name in ("ppo", "trpo"):  # a minibatch cannot exceed the rollout
+        kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * env.num_envs)
+    return cls("CnnPolicy", env, seed=seed, device=device, verbose=0, **kwargs)
+
+
+def greedy_policy(model: BaseAlgorithm):
+    """The deterministic action of an SB3 model as a BlockDrop policy (images -> bool keep)."""
+
+    def act(images: Tensor) -> Tensor:
+        actions, _ = model.predict(images.cpu().numpy(), deterministic=True)
+        return torch.as_tensor(actions, device=images.device) > 0.5
+
+    return act
