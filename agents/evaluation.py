@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from blockdrop_env.data import load_cifar
 from blockdrop_env.vector_env import BlockDropVectorEnv
 
 Policy = Callable[[Tensor], Tensor]
@@ -32,6 +33,29 @@ class Evaluation:
 
     def summary(self) -> dict[str, float | int]:
         return {k: v for k, v in asdict(self).items() if not isinstance(v, Tensor)}
+
+
+def make_eval_env(
+    split: str = "test",
+    batch_size: int = 1000,
+    limit: int | None = None,
+    data_dir=None,
+    dataset: str = "cifar10",
+    **kwargs,
+) -> BlockDropVectorEnv:
+    """A vector env that walks ``split`` without augmentation, ``batch_size`` images at a time
+    (fewer when the split, or its first ``limit`` images, is smaller)."""
+    num_images = len(load_cifar(split, data_dir, dataset, kwargs.get("download", False))[1])
+    num_images = min(num_images, limit or num_images)
+    return BlockDropVectorEnv(
+        num_envs=min(batch_size, num_images),
+        split=split,
+        augment=False,
+        limit=limit,
+        data_dir=data_dir,
+        dataset=dataset,
+        **kwargs,
+    )
 
 
 @torch.no_grad()

@@ -42,15 +42,24 @@ def _trpo():
 # One-step episodes: the return is the reward, so gamma and GAE do not matter (set to 0 and 1
 # for clarity); each rollout step yields num_envs samples, so few steps per rollout suffice.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"n_steps": 4, "batch_size": 256, "n_epochs": 4, "learning_rate": 3e-4, "gamma": 0.0,
-            "gae_lambda": 1.0, "ent_coef": 0.0},
+    "ppo": {
+        "n_steps": 4,
+        "batch_size": 256,
+        "n_epochs": 4,
+        "learning_rate": 3e-4,
+        "gamma": 0.0,
+        "gae_lambda": 1.0,
+        "ent_coef": 0.0,
+    },
     "a2c": {"n_steps": 1, "learning_rate": 7e-4, "gamma": 0.0, "gae_lambda": 1.0, "ent_coef": 0.0},
     "trpo": {"n_steps": 4, "batch_size": 256, "learning_rate": 1e-3, "gamma": 0.0, "gae_lambda": 1.0},
 }
 ALGORITHMS = tuple(DEFAULTS)
 
 
-def make_algorithm(name: str, env, seed: int = 0, device: str | torch.device = "auto", **overrides: Any) -> BaseAlgorithm:
+def make_algorithm(
+    name: str, env, seed: int = 0, device: str | torch.device = "auto", **overrides: Any
+) -> BaseAlgorithm:
     """PPO, A2C (Stable-Baselines3) or TRPO (sb3-contrib) with the ResNet-8 extractor on ``env``
     (an SB3 VecEnv, e.g. :class:`blockdrop_env.sb3.SB3VecEnv`)."""
     name = name.lower()
@@ -58,8 +67,11 @@ def make_algorithm(name: str, env, seed: int = 0, device: str | torch.device = "
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {name!r}")
     cls = {"ppo": PPO, "a2c": A2C}.get(name) or _trpo()
     kwargs = {**DEFAULTS[name], **overrides}
-    kwargs["policy_kwargs"] = {"features_extractor_class": ResNet8Extractor, "net_arch": [],
-                               **kwargs.get("policy_kwargs", {})}
+    kwargs["policy_kwargs"] = {
+        "features_extractor_class": ResNet8Extractor,
+        "net_arch": [],
+        **kwargs.get("policy_kwargs", {}),
+    }
     if name in ("ppo", "trpo"):  # a minibatch cannot exceed the rollout
         kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * env.num_envs)
     return cls("CnnPolicy", env, seed=seed, device=device, verbose=0, **kwargs)

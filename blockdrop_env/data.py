@@ -73,9 +73,7 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return default_data_dirs()
 
 
-def find_dataset(
-    dataset: str = "cifar10", data_dir: str | os.PathLike | None = None, download: bool = False
-) -> Path:
+def find_dataset(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
     """The folder holding the dataset's batch files; see the module docstring for the search."""
     layout = _layout(dataset)
     tried = []
@@ -118,18 +116,13 @@ def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarra
     data = np.asarray(batch["data"])
     labels = np.asarray(batch[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise CifarFormatError(
-            f"{path}: 'data' must be uint8 of shape (N, 3072); got {data.dtype} {data.shape}"
-        )
+        raise CifarFormatError(f"{path}: 'data' must be uint8 of shape (N, 3072); got {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise CifarFormatError(
-            f"{path}: need one integer label per image; got {labels.dtype} {labels.shape} "
-            f"for {data.shape[0]} images"
+            f"{path}: need one integer label per image; got {labels.dtype} {labels.shape} for {data.shape[0]} images"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise CifarFormatError(
-            f"{path}: labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]"
-        )
+        raise CifarFormatError(f"{path}: labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")
     return data, labels
 
 
@@ -154,9 +147,7 @@ def _load_cached(folder: str, dataset: str, split: str) -> tuple[Tensor, Tensor]
     for name in files:
         data, labels = _read_batch(Path(folder) / name, layout.label_key, layout.num_classes)
         if per_batch is not None and len(data) != per_batch:
-            raise CifarFormatError(
-                f"{Path(folder) / name}: holds {len(data)} images; batches.meta says {per_batch}"
-            )
+            raise CifarFormatError(f"{Path(folder) / name}: holds {len(data)} images; batches.meta says {per_batch}")
         parts.append((data, labels))
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])

@@ -96,7 +96,9 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
         self.render_mode = render_mode
-        self.task = BlockDropTask(split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit)
+        self.task = BlockDropTask(
+            split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit
+        )
         self.num_blocks = self.task.num_blocks
         self.observation_space = spaces.Box(0, 255, (3, 32, 32), np.uint8)
         self.action_space = spaces.MultiBinary(self.num_blocks)

@@ -86,25 +86,19 @@ class CifarResNet(nn.Module):
         blocks_per_stage: overrides ``depth``; 1 gives the ResNet-8 trunk of the policy network.
     """
 
-    def __init__(
-        self, depth: int = 32, num_classes: int = 10, blocks_per_stage: int | None = None
-    ) -> None:
+    def __init__(self, depth: int = 32, num_classes: int = 10, blocks_per_stage: int | None = None) -> None:
         super().__init__()
         if blocks_per_stage is None:
             if depth < 8 or (depth - 2) % 6:
                 raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 20, 32, 110, ...); got {depth}")
             blocks_per_stage = (depth - 2) // 6
         if blocks_per_stage < 1 or num_classes < 0:
-            raise ValueError(
-                f"need blocks_per_stage >= 1 and num_classes >= 0; got {blocks_per_stage}, {num_classes}"
-            )
+            raise ValueError(f"need blocks_per_stage >= 1 and num_classes >= 0; got {blocks_per_stage}, {num_classes}")
         self.depth = 6 * blocks_per_stage + 2
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
-        )
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
         blocks, channels, size = [], 16, 32
         for stage, width in enumerate((16, 32, 64)):
             for i in range(blocks_per_stage):
@@ -161,9 +155,7 @@ def resnet32(num_classes: int = 10) -> CifarResNet:
 
 
 @torch.no_grad()
-def predict(
-    model: CifarResNet, images: Tensor, keep: Tensor | None = None, batch_size: int = 1000
-) -> Tensor:
+def predict(model: CifarResNet, images: Tensor, keep: Tensor | None = None, batch_size: int = 1000) -> Tensor:
     """Predicted classes (N,) of ``images`` under ``keep`` (N, K), in batches, on the model's device."""
     device = next(model.parameters()).device
     preds = []

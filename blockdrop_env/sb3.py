@@ -25,7 +25,7 @@ def to_host(*tensors: Tensor) -> list[np.ndarray]:
     flat = [t.contiguous().view(-1).view(torch.uint8) for t in tensors]
     host = torch.cat(flat).cpu().numpy()
     out, offset = [], 0
-    for t, f in zip(tensors, flat):
+    for t, f in zip(tensors, flat, strict=True):
         dtype = torch.empty((), dtype=t.dtype).numpy().dtype
         out.append(host[offset : offset + f.numel()].view(dtype).reshape(t.shape))
         offset += f.numel()
@@ -67,8 +67,13 @@ class SB3VecEnv(VecEnv):
             obs, info["final_obs"], rewards, info["correct"], info["blocks_kept"], info["label"]
         )
         infos = [
-            {"terminal_observation": final[i], "TimeLimit.truncated": False,
-             "correct": bool(correct[i]), "blocks_kept": int(kept[i]), "label": int(label[i])}
+            {
+                "terminal_observation": final[i],
+                "TimeLimit.truncated": False,
+                "correct": bool(correct[i]),
+                "blocks_kept": int(kept[i]),
+                "label": int(label[i]),
+            }
             for i in range(self.num_envs)
         ]
         return obs, rewards, self._dones.copy(), infos

@@ -54,7 +54,9 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer; got {num_envs!r}")
         self.num_envs = int(num_envs)
-        self.task = BlockDropTask(split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit)
+        self.task = BlockDropTask(
+            split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit
+        )
         self.device = self.task.device
         self.num_blocks = self.task.num_blocks
         self.single_observation_space = spaces.Box(0, 255, (3, 32, 32), np.uint8)
@@ -84,9 +86,7 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         """The current observations (num_envs, 3, 32, 32) uint8 on the device."""
         return self._require_images()
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Tensor, dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
         super().reset(seed=seed)
         if seed is not None:
             self._generator.manual_seed(int(seed))

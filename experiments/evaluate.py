@@ -18,14 +18,13 @@ from typing import Literal
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import tyro  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import tyro
 
-from agents.baselines import FirstK, FullPolicy, RandomK  # noqa: E402
-from agents.evaluation import Evaluation, evaluate  # noqa: E402
-from blockdrop_env.checkpoint import run_metadata  # noqa: E402
-from blockdrop_env.vector_env import BlockDropVectorEnv  # noqa: E402
+from agents.baselines import FirstK, FullPolicy, RandomK
+from agents.evaluation import Evaluation, evaluate, make_eval_env
+from blockdrop_env.checkpoint import run_metadata
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -138,9 +137,13 @@ def main(args: Args) -> list[dict]:
 
         agent = load_agent(args.policy, device=args.device)
         policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({args.policy.name})"
-    env = BlockDropVectorEnv(
-        num_envs=args.batch_size, split=args.split, penalty=args.penalty, device=args.device,
-        data_dir=args.data_dir, checkpoint=resnet_checkpoint, augment=False,
+    env = make_eval_env(
+        args.split,
+        args.batch_size,
+        penalty=args.penalty,
+        device=args.device,
+        data_dir=args.data_dir,
+        checkpoint=resnet_checkpoint,
     )
     k_total = env.num_blocks
     rows, evaluations = [], {}
@@ -161,8 +164,12 @@ def main(args: Args) -> list[dict]:
 
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = env.task.checkpoint_meta.get("test_accuracy")
-    summary = {"rows": rows, "resnet_checkpoint_test_accuracy": recorded,
-               "args": {k: str(v) for k, v in asdict(args).items()}, **run_metadata()}
+    summary = {
+        "rows": rows,
+        "resnet_checkpoint_test_accuracy": recorded,
+        "args": {k: str(v) for k, v in asdict(args).items()},
+        **run_metadata(),
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown_table(rows)
     (args.out / "table.md").write_text(table)
@@ -173,8 +180,10 @@ def main(args: Args) -> list[dict]:
     print(table)
     full = next((r for r in rows if r["name"] == "full ResNet"), None)
     if full is not None:
-        print(f"full ResNet {args.split} accuracy {full['accuracy']:.4f} "
-              f"(the checkpoint records test accuracy {recorded})")
+        print(
+            f"full ResNet {args.split} accuracy {full['accuracy']:.4f} "
+            f"(the checkpoint records test accuracy {recorded})"
+        )
     print(f"wrote {args.out}/")
     return rows
 

@@ -78,8 +78,11 @@ def main(args: Args) -> dict:
     batch_size = min(args.batch_size, len(train_x))
     steps_per_epoch = len(train_x) // batch_size  # drop the ragged batch: fixed shapes
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, nesterov=True,
+        model.parameters(),
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=True,
     )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch
@@ -97,8 +100,12 @@ def main(args: Args) -> dict:
         start_epoch, elapsed = state["epoch"], state["elapsed"]
 
     writer = SummaryWriter(str(args.logdir or args.out.parent / "tb"))
-    bar = tqdm(total=args.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-               desc=f"pretrain ResNet-{args.depth}", unit="step")
+    bar = tqdm(
+        total=args.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        desc=f"pretrain ResNet-{args.depth}",
+        unit="step",
+    )
     for epoch in range(start_epoch, args.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -126,12 +133,20 @@ def main(args: Args) -> dict:
         writer.add_scalar("train/accuracy", stats["accuracy"], epoch + 1)
         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
         bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in stats.items()})
-        tqdm.write(f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} "
-                   f"train_acc {stats['accuracy']:.4f} time {elapsed:.0f}s")
+        tqdm.write(
+            f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} "
+            f"train_acc {stats['accuracy']:.4f} time {elapsed:.0f}s"
+        )
         atomic_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-             "epoch": epoch + 1, "elapsed": elapsed, "args": asdict(args)},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "epoch": epoch + 1,
+                "elapsed": elapsed,
+                "args": asdict(args),
+            },
             resume_path,
         )
     bar.close()
@@ -141,10 +156,14 @@ def main(args: Args) -> dict:
     writer.add_scalar("test/accuracy", test_accuracy, args.epochs)
     writer.close()
     summary = {
-        "test_accuracy": test_accuracy, "epochs": args.epochs, "train_seconds": round(elapsed, 1),
+        "test_accuracy": test_accuracy,
+        "epochs": args.epochs,
+        "train_seconds": round(elapsed, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "train_images": len(train_x), "test_images": len(test_x),
-        "args": {k: str(v) for k, v in asdict(args).items()}, **run_metadata(),
+        "train_images": len(train_x),
+        "test_images": len(test_x),
+        "args": {k: str(v) for k, v in asdict(args).items()},
+        **run_metadata(),
     }
     save_resnet(args.out, model, **summary)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -23,10 +23,16 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.evaluation import evaluate
-from agents.reinforce import BlockDropAgent, ReinforceConfig, load_agent, make_optimizer, save_agent, train_step
+from agents.evaluation import evaluate, make_eval_env
+from agents.reinforce import (
+    BlockDropAgent,
+    ReinforceConfig,
+    load_agent,
+    make_optimizer,
+    save_agent,
+    train_step,
+)
 from blockdrop_env.checkpoint import load_resnet, run_metadata
-from blockdrop_env.data import load_cifar
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 
@@ -85,16 +91,28 @@ class Args:
 
 def stages(args: Args) -> list[tuple[str, int]]:
     """(stage, epochs) in the order they run."""
-    plan = {"both": [("curriculum", args.curriculum_epochs), ("finetune", args.finetune_epochs)],
-            "curriculum": [("curriculum", args.curriculum_epochs)],
-            "finetune": [("finetune", args.finetune_epochs)]}[args.stage]
+    plan = {
+        "both": [("curriculum", args.curriculum_epochs), ("finetune", args.finetune_epochs)],
+        "curriculum": [("curriculum", args.curriculum_epochs)],
+        "finetune": [("finetune", args.finetune_epochs)],
+    }[args.stage]
     return [(name, epochs) for name, epochs in plan if epochs > 0]
+
+
+def locate(epoch: int, plan: list[tuple[str, int]]) -> tuple[str, int, int]:
+    """The stage of a global epoch, the epoch within that stage, and the stage's length."""
+    for name, epochs in plan:
+        if epoch < epochs:
+            return name, epoch, epochs
+        epoch -= epochs
+    raise ValueError(f"epoch {epoch} lies past the plan {plan}")
 
 
 def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Per-epoch train figures from the steps' tensors; the one host sync of the epoch."""
-    cat = {k: torch.cat([s[k].reshape(len(s[k]) if s[k].ndim else 1, *s[k].shape[1:]) for s in steps])
-           for k in steps[0]}
+    cat = {
+        k: torch.cat([s[k].reshape(len(s[k]) if s[k].ndim else 1, *s[k].shape[1:]) for s in steps]) for k in steps[0]
+    }
     blocks = cat["blocks_kept"].double()
     return {
         "accuracy": cat["correct"].double().mean().item(),
@@ -130,8 +148,7 @@ def main(args: Args) -> dict:
 
     # Every env shares the one ResNet: finetuning changes what all of them score with.
     common = dict(device=device, data_dir=args.data_dir, checkpoint=resnet, limit=args.limit)
-    num_test = min(len(load_cifar("test", args.data_dir)[1]), args.limit or 10**9)
-    test_env = BlockDropVectorEnv(num_envs=min(1000, num_test), split="test", augment=False, **common)
+    test_env = make_eval_env("test", **common)
     plan = stages(args)
     total_epochs = sum(e for _, e in plan)
     envs = {}
@@ -159,26 +176,27 @@ def main(args: Args) -> dict:
 
     def checkpoint(epoch: int) -> None:
         save_agent(
-            ckpt_path, agent, resnet=resnet if finetuned else None, epoch=epoch, stage=current_stage,
-            optimizer=optimizer.state_dict(), args={k: str(v) for k, v in asdict(args).items()},
+            ckpt_path,
+            agent,
+            resnet=resnet if finetuned else None,
+            epoch=epoch,
+            stage=current_stage,
+            optimizer=optimizer.state_dict(),
+            args={k: str(v) for k, v in asdict(args).items()},
             rng={"sampling": generator.get_state()},
             envs={n: e.unwrapped.state_dict() for n, e in envs.items()},
             **run_metadata(),
         )
 
     for epoch in bar:
-        # Which stage, and the epoch within it.
-        offset = 0
-        for name, epochs in plan:
-            if epoch < offset + epochs:
-                stage_epoch, stage_epochs = epoch - offset, epochs
-                break
-            offset += epochs
+        name, stage_epoch, stage_epochs = locate(epoch, plan)
         env = envs[name]
         if name != current_stage:
             config = ReinforceConfig(
-                lr=args.lr if name == "curriculum" else args.finetune_lr, alpha=args.alpha,
-                beta=args.beta if name == "curriculum" else 0.0, finetune=name == "finetune",
+                lr=args.lr if name == "curriculum" else args.finetune_lr,
+                alpha=args.alpha,
+                beta=args.beta if name == "curriculum" else 0.0,
+                finetune=name == "finetune",
             )
             optimizer = make_optimizer(agent, env, config)
             if state is not None and state["stage"] == name and state["epoch"] == epoch:
@@ -196,17 +214,23 @@ def main(args: Args) -> dict:
         stats["decided"] = env.decided if name == "curriculum" else env.unwrapped.num_blocks
         for key, value in stats.items():
             writer.add_scalar(f"train/{key}", value, epoch + 1)
-        bar.set_postfix(stage=name, reward=f"{stats['reward']:.3f}", acc=f"{stats['accuracy']:.3f}",
-                        blocks=f"{stats['blocks_mean']:.1f}")
+        bar.set_postfix(
+            stage=name,
+            reward=f"{stats['reward']:.3f}",
+            acc=f"{stats['accuracy']:.3f}",
+            blocks=f"{stats['blocks_mean']:.1f}",
+        )
 
         last = epoch + 1 == stop_at
         if (epoch + 1) % args.eval_every == 0 or last:
             ev = evaluate(test_env, agent.greedy, agent.policy.flops()).summary()
             for key, value in ev.items():
                 writer.add_scalar(f"test/{key}", value, epoch + 1)
-            tqdm.write(f"epoch {epoch + 1} [{name}] train reward {stats['reward']:.4f} acc {stats['accuracy']:.4f} "
-                       f"blocks {stats['blocks_mean']:.2f} | test acc {ev['accuracy']:.4f} "
-                       f"blocks {ev['blocks_mean']:.2f} +- {ev['blocks_std']:.2f} unique {ev['unique_policies']}")
+            tqdm.write(
+                f"epoch {epoch + 1} [{name}] train reward {stats['reward']:.4f} acc {stats['accuracy']:.4f} "
+                f"blocks {stats['blocks_mean']:.2f} | test acc {ev['accuracy']:.4f} "
+                f"blocks {ev['blocks_mean']:.2f} +- {ev['blocks_std']:.2f} unique {ev['unique_policies']}"
+            )
             summary = {"epoch": epoch + 1, "stage": name, "train": stats, "test": ev}
         if (epoch + 1) % args.checkpoint_every == 0 or last:
             checkpoint(epoch + 1)

@@ -7,11 +7,18 @@ import torch
 from agents.baselines import FirstK, FullPolicy, RandomK
 from agents.evaluation import evaluate
 from agents.policy import PolicyNet
-from agents.reinforce import BlockDropAgent, ReinforceConfig, load_agent, make_optimizer, reinforce_loss, train_step
+from agents.reinforce import (
+    BlockDropAgent,
+    ReinforceConfig,
+    load_agent,
+    make_optimizer,
+    reinforce_loss,
+    train_step,
+)
+from blockdrop_env.env import BlockDropEnv
 from blockdrop_env.resnet import predict
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, CurriculumWrapper, curriculum_decided
-from blockdrop_env.env import BlockDropEnv
 
 from .conftest import synthetic_learnable
 
@@ -44,10 +51,14 @@ def test_policy_network_shapes_and_flops():
     assert probs.shape == (4, 15) and value.shape == (4,)
     assert torch.all((probs > 0) & (probs < 1))
     assert len(policy.trunk.blocks) == 3  # ResNet-8
-    assert policy.flops() == pytest.approx(2 * 9 * 3 * 16 * 1024 + sum(b.flops for b in policy.trunk.blocks) + 2 * 64 * 15)
+    assert policy.flops() == pytest.approx(
+        2 * 9 * 3 * 16 * 1024 + sum(b.flops for b in policy.trunk.blocks) + 2 * 64 * 15
+    )
 
 
-@pytest.mark.parametrize("epoch, step, expected", [(0, 1.0, 1), (4, 1.0, 5), (20, 1.0, 15), (0, 0.1, 1), (19, 0.1, 2), (3, 2.0, 8)])
+@pytest.mark.parametrize(
+    "epoch, step, expected", [(0, 1.0, 1), (4, 1.0, 5), (20, 1.0, 15), (0, 0.1, 1), (19, 0.1, 2), (3, 2.0, 8)]
+)
 def test_curriculum_schedule(epoch, step, expected):
     assert curriculum_decided(epoch, 15, step) == expected
 

@@ -14,7 +14,7 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
     loaded, meta = load_resnet(tmp_path / "m.pt")
     assert meta["test_accuracy"] == 0.5 and meta["epochs"] == 3 and meta["depth"] == 32
     assert not loaded.training
-    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

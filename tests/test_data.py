@@ -30,8 +30,14 @@ def test_reads_cifar100_layout(tmp_path):
     rng = np.random.default_rng(1)
     for name in ("train", "test"):
         with open(root / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8),
-                         "fine_labels": [0, 99, 5, 6, 7, 8], "coarse_labels": [0] * 6}, f)
+            pickle.dump(
+                {
+                    "data": rng.integers(0, 256, (6, 3072), dtype=np.uint8),
+                    "fine_labels": [0, 99, 5, 6, 7, 8],
+                    "coarse_labels": [0] * 6,
+                },
+                f,
+            )
     images, labels = load_cifar("test", tmp_path, dataset="cifar100")
     assert images.shape == (6, 3, 32, 32) and labels.tolist() == [0, 99, 5, 6, 7, 8]
 

@@ -46,8 +46,13 @@ def test_step_returns_one_step_episode_with_info(env):
 
 @pytest.mark.parametrize(
     "correct, kept, penalty, expected",
-    [(True, 15, -1.0, 0.0), (True, 0, -1.0, 1.0), (True, 5, -5.0, 1 - (5 / 15) ** 2),
-     (False, 3, -1.0, -1.0), (False, 15, -10.0, -10.0)],
+    [
+        (True, 15, -1.0, 0.0),
+        (True, 0, -1.0, 1.0),
+        (True, 5, -5.0, 1 - (5 / 15) ** 2),
+        (False, 3, -1.0, -1.0),
+        (False, 15, -10.0, -10.0),
+    ],
 )
 def test_reward_formula(correct, kept, penalty, expected):
     reward = blockdrop_reward(torch.tensor([correct]), torch.tensor([kept]), 15, penalty)
@@ -81,7 +86,7 @@ def test_seeded_reset_is_deterministic_with_augmentation(env_kwargs):
     for e in (a, b):
         e.reset(seed=123)
         runs.append([e.reset()[0] for _ in range(5)])
-    assert all(np.array_equal(x, y) for x, y in zip(*runs))
+    assert all(np.array_equal(x, y) for x, y in zip(*runs, strict=True))
     a.reset(seed=124)
     assert not all(np.array_equal(x, a.reset()[0]) for x in runs[0])
 
@@ -212,8 +217,12 @@ def test_bad_reset_index_is_refused(env, index):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"split": "val"}, "split must be one of"), ({"penalty": float("nan")}, "penalty must be"),
-     ({"device": "tpu"}, "device must be"), ({"dataset": "mnist"}, "dataset must be one of")],
+    [
+        ({"split": "val"}, "split must be one of"),
+        ({"penalty": float("nan")}, "penalty must be"),
+        ({"device": "tpu"}, "device must be"),
+        ({"dataset": "mnist"}, "dataset must be one of"),
+    ],
 )
 def test_bad_constructor_arguments(env_kwargs, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -19,9 +19,13 @@ def test_sb3_check_env_passes_on_the_single_env(env_kwargs):
 
 
 def test_to_host_round_trips_mixed_dtypes():
-    tensors = [torch.arange(6, dtype=torch.uint8).view(2, 3), torch.tensor([1.5, -2.0]),
-               torch.tensor([True, False]), torch.tensor([7, 9], dtype=torch.int64)]
-    for t, h in zip(tensors, to_host(*tensors)):
+    tensors = [
+        torch.arange(6, dtype=torch.uint8).view(2, 3),
+        torch.tensor([1.5, -2.0]),
+        torch.tensor([True, False]),
+        torch.tensor([7, 9], dtype=torch.int64),
+    ]
+    for t, h in zip(tensors, to_host(*tensors), strict=True):
         assert h.dtype == t.numpy().dtype and np.array_equal(h, t.numpy())
 
 

@@ -50,9 +50,18 @@ def test_pretrain_resume_continues_exactly(synthetic_dir, tmp_path, monkeypatch)
 
 def train_args(tmp_path, env_kwargs, **kw):
     base = dict(
-        stage="both", curriculum_epochs=2, finetune_epochs=2, batch_size=16, finetune_batch_size=8,
-        out=tmp_path / "run", checkpoint_every=1, eval_every=1, device="cpu",
-        data_dir=str(env_kwargs["data_dir"]), resnet_checkpoint=env_kwargs["checkpoint"], seed=3,
+        stage="both",
+        curriculum_epochs=2,
+        finetune_epochs=2,
+        batch_size=16,
+        finetune_batch_size=8,
+        out=tmp_path / "run",
+        checkpoint_every=1,
+        eval_every=1,
+        device="cpu",
+        data_dir=str(env_kwargs["data_dir"]),
+        resnet_checkpoint=env_kwargs["checkpoint"],
+        seed=3,
     )
     return train_blockdrop.Args(**{**base, **kw})
 
@@ -63,11 +72,17 @@ def test_train_then_evaluate_smoke(tmp_path, env_kwargs):
     assert (tmp_path / "run" / "summary.json").exists() and list((tmp_path / "run" / "tb").iterdir())
     agent = load_agent(tmp_path / "run" / "agent.pt", device="cpu")
     assert agent.resnet_state is not None  # finetuned ResNet saved with the policy
-    rows = evaluate_script.main(evaluate_script.Args(
-        policy=tmp_path / "run" / "agent.pt", device="cpu", data_dir=str(env_kwargs["data_dir"]),
-        checkpoint=env_kwargs["checkpoint"],
-        out=tmp_path / "eval", batch_size=8, baselines="all",
-    ))
+    rows = evaluate_script.main(
+        evaluate_script.Args(
+            policy=tmp_path / "run" / "agent.pt",
+            device="cpu",
+            data_dir=str(env_kwargs["data_dir"]),
+            checkpoint=env_kwargs["checkpoint"],
+            out=tmp_path / "eval",
+            batch_size=8,
+            baselines="all",
+        )
+    )
     names = [r["name"] for r in rows]
     assert names[0].startswith("BlockDrop") and "full ResNet" in names and "FirstK k=15" in names
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
@@ -95,3 +110,43 @@ def test_resume_gives_identical_parameters(tmp_path, env_kwargs, split_at):
 def test_resume_without_checkpoint_fails_clearly(tmp_path, env_kwargs):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train_blockdrop.main(train_args(tmp_path, env_kwargs, resume=True))
+
+
+def test_compare_end_to_end_and_resume(tmp_path, env_kwargs, monkeypatch):
+    from experiments import compare
+
+    args = compare.Args(
+        algorithms=("blockdrop", "ppo", "a2c"),
+        seeds=(0, 1),
+        env_steps=64,
+        num_envs=16,
+        eval_points=2,
+        curriculum=True,
+        name="tiny",
+        out_root=tmp_path,
+        checkpoint=env_kwargs["checkpoint"],
+        device="cpu",
+        data_dir=str(env_kwargs["data_dir"]),
+    )
+    results = compare.main(args)
+    out = tmp_path / "tiny"
+    assert len(results) == 6 and all(r["env_steps"] == 64 for r in results)
+    assert all(len(r["curve"]) == 2 and r["curve"][-1]["env_steps"] == 64 for r in results)
+    assert all(r["env_steps_per_second"] > 0 for r in results)
+    table = (out / "table.md").read_text()
+    assert all(f"| {a} | 2 |" in table for a in args.algorithms)
+    for png in ("reward_vs_env_steps", "accuracy_vs_blocks"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+
+    def fail(*a, **k):
+        raise AssertionError("finished runs must not run again")
+
+    monkeypatch.setattr(compare, "run_one", fail)
+    assert [r["final"] for r in compare.main(args)] == [r["final"] for r in results]
+
+
+def test_compare_curriculum_schedule():
+    from experiments.compare import Args, decided_at
+
+    args = Args(env_steps=1500, curriculum_fraction=0.5)
+    assert [decided_at(s, args, 15) for s in (0, 49, 50, 700, 749, 750, 1500)] == [1, 1, 2, 15, 15, 15, 15]

@@ -1,0 +1,272 @@
+"""Compare RL algorithms on the same BlockDrop env, budget and seeds.
+
+    python -m experiments.compare --algorithms blockdrop ppo a2c trpo --seeds 0 1 2 --env-steps 200000
+    python -m experiments.compare --name cpu-small --env-steps 8192 --limit 2048 --eval-limit 1000
+
+Every run trains for the same number of env steps (images) on the same env configuration
+(penalty, curriculum on or off), is evaluated on the test split with the same evaluator during and
+after training, and records its wall-clock training time (evaluations excluded) and env steps per
+second. Results go to ``results/compare/<name>/``: one JSON per run (finished runs are skipped when
+the command is run again, so an interrupted comparison resumes), ``summary.json``, ``table.md``
+(mean +- std over seeds) and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import tyro
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm import tqdm
+
+from agents.baselines import FirstK, RandomK
+from agents.evaluation import Policy, evaluate, make_eval_env
+from agents.policy import PolicyNet
+from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
+from agents.sb3 import greedy_policy, make_algorithm
+from blockdrop_env.checkpoint import atomic_write_text, run_metadata
+from blockdrop_env.sb3 import SB3VecEnv
+from blockdrop_env.vector_env import BlockDropVectorEnv
+from blockdrop_env.wrappers import CurriculumVectorWrapper
+
+
+@dataclass
+class Args:
+    algorithms: tuple[str, ...] = ("blockdrop", "ppo", "a2c", "trpo")
+    """Algorithms to run: blockdrop (the paper's agent), ppo, a2c, trpo."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds; every algorithm runs once per seed."""
+    env_steps: int = 200_000
+    """Env steps (images) of training per run, the same for every algorithm."""
+    num_envs: int = 256
+    """Images per vector-env step."""
+    penalty: float = -1.0
+    """Reward of a wrong prediction."""
+    curriculum: bool = False
+    """Train under the curriculum wrapper: one more block handed to the agent every
+    ``curriculum_fraction * env_steps / 15`` env steps."""
+    curriculum_fraction: float = 0.5
+    """Fraction of the budget over which the curriculum hands over all blocks."""
+    eval_points: int = 5
+    """Evaluations on the test split per run, evenly spread (the reward curves)."""
+    eval_limit: int | None = None
+    """Test images per evaluation (the first N); default: all 10,000."""
+    limit: int | None = None
+    """Train images (the first N); default: all 50,000."""
+    name: str = "default"
+    """Results go to results/compare/<name>/."""
+    out_root: Path = Path("results/compare")
+    """Parent folder of the results."""
+    checkpoint: Path | None = None
+    """ResNet checkpoint; default: the shipped one."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    data_dir: str | None = None
+    """Folder holding the CIFAR batches; default: the package's search."""
+
+
+def decided_at(env_steps: int, args: Args, num_blocks: int) -> int:
+    """Blocks the agent decides after ``env_steps`` under the compare curriculum."""
+    span = max(1.0, args.curriculum_fraction * args.env_steps)
+    return min(num_blocks, 1 + math.floor(num_blocks * env_steps / span))
+
+
+class Recorder:
+    """Evaluates at the planned env-step marks and keeps the training clock free of evaluation."""
+
+    def __init__(self, args: Args, test_env: BlockDropVectorEnv, policy_flops: float = 0.0) -> None:
+        self.args, self.test_env, self.policy_flops = args, test_env, policy_flops
+        self.marks = [round(args.env_steps * (i + 1) / args.eval_points) for i in range(args.eval_points)]
+        self.curve: list[dict] = []
+        self.eval_seconds = 0.0
+
+    def maybe_evaluate(self, env_steps: int, policy: Policy) -> None:
+        while self.marks and env_steps >= self.marks[0]:
+            self.marks.pop(0)
+            t0 = time.perf_counter()
+            ev = evaluate(self.test_env, policy, self.policy_flops).summary()
+            self.eval_seconds += time.perf_counter() - t0
+            self.curve.append({"env_steps": env_steps, **ev})
+
+
+def make_envs(args: Args, seed: int):
+    common = dict(device=args.device, data_dir=args.data_dir, checkpoint=args.checkpoint)
+    train = BlockDropVectorEnv(num_envs=args.num_envs, split="train", penalty=args.penalty, limit=args.limit, **common)
+    train.reset(seed=seed)
+    test = make_eval_env("test", limit=args.eval_limit, penalty=args.penalty, **common)
+    return (CurriculumVectorWrapper(train, 1) if args.curriculum else train), test
+
+
+def run_blockdrop(args: Args, seed: int, train_env, recorder: Recorder) -> None:
+    torch.manual_seed(seed)
+    agent = BlockDropAgent(device=train_env.unwrapped.device)
+    recorder.policy_flops = agent.policy.flops()
+    config = ReinforceConfig()
+    optimizer = make_optimizer(agent, train_env, config)
+    generator = torch.Generator(agent.device).manual_seed(seed)
+    steps = math.ceil(args.env_steps / args.num_envs)
+    for step in range(steps):
+        if args.curriculum:
+            train_env.decided = decided_at(step * args.num_envs, args, train_env.unwrapped.num_blocks)
+        train_step(agent, train_env, optimizer, config, generator)
+        recorder.maybe_evaluate((step + 1) * args.num_envs, agent.greedy)
+
+
+class _SB3Hook(BaseCallback):
+    def __init__(self, args: Args, train_env, recorder: Recorder, policy: Callable) -> None:
+        super().__init__()
+        self.args, self.train_env, self.recorder, self.policy = args, train_env, recorder, policy
+
+    def _on_step(self) -> bool:
+        if self.args.curriculum:
+            self.train_env.decided = decided_at(self.num_timesteps, self.args, self.train_env.unwrapped.num_blocks)
+        self.recorder.maybe_evaluate(self.num_timesteps, self.policy)
+        return True
+
+
+def run_sb3(args: Args, algo: str, seed: int, train_env, recorder: Recorder) -> None:
+    model = make_algorithm(algo, SB3VecEnv(train_env), seed=seed, device=train_env.unwrapped.device)
+    # The SB3 policies decide with the BlockDrop agent's ResNet-8 trunk and a K-wide head: same FLOPs.
+    recorder.policy_flops = PolicyNet(train_env.unwrapped.num_blocks).flops()
+    model.learn(args.env_steps, callback=_SB3Hook(args, train_env, recorder, greedy_policy(model)))
+
+
+def run_one(args: Args, algo: str, seed: int, path: Path) -> dict:
+    train_env, test_env = make_envs(args, seed)
+    recorder = Recorder(args, test_env)
+    t0 = time.perf_counter()
+    if algo == "blockdrop":
+        run_blockdrop(args, seed, train_env, recorder)
+    else:
+        run_sb3(args, algo, seed, train_env, recorder)
+    train_seconds = time.perf_counter() - t0 - recorder.eval_seconds
+    result = {
+        "algorithm": algo,
+        "seed": seed,
+        "env_steps": args.env_steps,
+        "train_seconds": train_seconds,
+        "env_steps_per_second": args.env_steps / train_seconds,
+        "final": recorder.curve[-1],
+        "curve": recorder.curve,
+        "device": str(train_env.unwrapped.device),
+    }
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")  # a run counts as done once this exists
+    return result
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} +- {np.std(values):.4f}"
+
+
+def table(results: list[dict], algorithms: tuple[str, ...]) -> str:
+    lines = [
+        "| algorithm | seeds | test reward | accuracy (%) | blocks kept | GFLOPs | train s | env steps/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for algo in algorithms:
+        rs = [r for r in results if r["algorithm"] == algo]
+        if not rs:
+            continue
+        f = [r["final"] for r in rs]
+        lines.append(
+            f"| {algo} | {len(rs)} | {mean_std([x['reward_mean'] for x in f])} "
+            f"| {np.mean([100 * x['accuracy'] for x in f]):.2f} +- {np.std([100 * x['accuracy'] for x in f]):.2f} "
+            f"| {np.mean([x['blocks_mean'] for x in f]):.2f} +- {np.std([x['blocks_mean'] for x in f]):.2f} "
+            f"| {np.mean([x['flops_mean'] / 1e9 for x in f]):.4f} "
+            f"| {np.mean([r['train_seconds'] for r in rs]):.1f} "
+            f"| {np.mean([r['env_steps_per_second'] for r in rs]):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dict], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo in algorithms:
+        rs = [r for r in results if r["algorithm"] == algo]
+        if rs:
+            steps = [p["env_steps"] for p in rs[0]["curve"]]
+            rewards = np.array([[p["reward_mean"] for p in r["curve"]] for r in rs])
+            ax.errorbar(steps, rewards.mean(0), yerr=rewards.std(0), marker="o", ms=3, capsize=2, label=algo)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("test reward (greedy)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "reward_vs_env_steps.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for prefix, style in (("FirstK", "o-"), ("RandomK", "s-")):
+        pts = [h for h in heuristics if h["name"].startswith(prefix)]
+        ax.plot(
+            [h["blocks_mean"] for h in pts], [100 * h["accuracy"] for h in pts], style, ms=3, label=prefix, alpha=0.6
+        )
+    for algo in algorithms:
+        f = [r["final"] for r in results if r["algorithm"] == algo]
+        if f:
+            ax.scatter([x["blocks_mean"] for x in f], [100 * x["accuracy"] for x in f], s=30, label=algo, zorder=3)
+    ax.set_xlabel("blocks kept (mean)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_blocks.png", dpi=120)
+    plt.close(fig)
+
+
+def main(args: Args) -> list[dict]:
+    out = args.out_root / args.name
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    results = []
+    jobs = [(algo, seed) for algo in args.algorithms for seed in args.seeds]
+    for algo, seed in tqdm(jobs, desc="compare", unit="run"):
+        path = out / "runs" / f"{algo}_seed{seed}.json"
+        if path.exists():  # finished earlier: resume
+            results.append(json.loads(path.read_text()))
+            continue
+        results.append(run_one(args, algo, seed, path))
+        tqdm.write(
+            f"{algo} seed {seed}: reward {results[-1]['final']['reward_mean']:.4f} "
+            f"acc {results[-1]['final']['accuracy']:.4f} blocks {results[-1]['final']['blocks_mean']:.2f} "
+            f"{results[-1]['env_steps_per_second']:.0f} env steps/s"
+        )
+    _, test_env = make_envs(args, 0)
+    k = test_env.num_blocks
+    heuristics = [{"name": f"FirstK k={i}", **evaluate(test_env, FirstK(i, k)).summary()} for i in range(1, k + 1)]
+    heuristics += [
+        {"name": f"RandomK k={i}", **evaluate(test_env, RandomK(i, k, 0, test_env.device)).summary()}
+        for i in range(1, k + 1)
+    ]
+    md = table(results, args.algorithms)
+    (out / "table.md").write_text(md)
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "heuristics": heuristics,
+                "args": {k: str(v) for k, v in asdict(args).items()},
+                **run_metadata(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    plots(results, args.algorithms, heuristics, out)
+    print(md)
+    print(f"wrote {out}/")
+    return results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
