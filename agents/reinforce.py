@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blockdrop_env.checkpoint import atomic_save
+from blockdrop_env.checkpoint import atomic_save, load_checkpoint
 from blockdrop_env.device import autocast, resolve_device
 
 from .policy import PolicyNet
@@ -158,15 +157,7 @@ def save_agent(path: str | os.PathLike, agent: BlockDropAgent, **state: Any) -> 
 
 def load_agent(path: str | os.PathLike, device: str | torch.device = "auto") -> BlockDropAgent:
     """A trained agent from a checkpoint of ``experiments.train_blockdrop`` (or ``save_agent``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"agent checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"agent checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "policy" not in ckpt:
-        raise ValueError(f"{path} is not a BlockDrop agent checkpoint (no 'policy')")
+    ckpt = load_checkpoint(path, required="policy", kind="BlockDrop agent checkpoint")
     agent = BlockDropAgent(ckpt.get("num_blocks", 15), device)
     agent.policy.load_state_dict(ckpt["policy"])
     agent.policy.eval()

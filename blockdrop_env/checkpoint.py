@@ -82,16 +82,18 @@ def save_resnet(path: str | os.PathLike, model: CifarResNet, **meta: Any) -> Non
     )
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, required: str = "state_dict", kind: str = "checkpoint") -> dict[str, Any]:
+    """A checkpoint dict (tensors and plain data only), with clear errors for a missing,
+    unreadable or foreign file (one without the ``required`` key)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{kind} {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"checkpoint {path} holds no 'state_dict'")
+        raise ValueError(f"{kind} {path} cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or required not in ckpt:
+        raise ValueError(f"{path} is not a {kind} (no '{required}')")
     return ckpt
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
@@ -58,6 +57,8 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Arguments
 
+    Those of :class:`blockdrop_env.task.BlockDropTask`, and ``render_mode`` (None or "rgb_array").
+
     ```python
     import blockdrop_env, gymnasium as gym
     env = gym.make("BlockDrop-CIFAR10-R32", split="train", penalty=-1.0, device="auto",
@@ -79,26 +80,11 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
 
-    def __init__(
-        self,
-        split: str = "train",
-        penalty: float = -1.0,
-        device: str | torch.device = "auto",
-        data_dir: str | os.PathLike | None = None,
-        checkpoint: str | os.PathLike | torch.nn.Module | None = None,
-        augment: bool | None = None,
-        dataset: str = "cifar10",
-        depth: int = 32,
-        download: bool = False,
-        limit: int | None = None,
-        render_mode: str | None = None,
-    ) -> None:
+    def __init__(self, *, render_mode: str | None = None, **task_kwargs: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
         self.render_mode = render_mode
-        self.task = BlockDropTask(
-            split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit
-        )
+        self.task = BlockDropTask(**task_kwargs)
         self.num_blocks = self.task.num_blocks
         self.observation_space = spaces.Box(0, 255, (3, 32, 32), np.uint8)
         self.action_space = spaces.MultiBinary(self.num_blocks)

@@ -3,7 +3,6 @@ ResNet forward, tensors on the device in and out."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
@@ -37,26 +36,11 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(
-        self,
-        num_envs: int = 256,
-        split: str = "train",
-        penalty: float = -1.0,
-        device: str | torch.device = "auto",
-        data_dir: str | os.PathLike | None = None,
-        checkpoint: str | os.PathLike | torch.nn.Module | None = None,
-        augment: bool | None = None,
-        dataset: str = "cifar10",
-        depth: int = 32,
-        download: bool = False,
-        limit: int | None = None,
-    ) -> None:
+    def __init__(self, num_envs: int = 256, **task_kwargs: Any) -> None:
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer; got {num_envs!r}")
         self.num_envs = int(num_envs)
-        self.task = BlockDropTask(
-            split, penalty, device, data_dir, checkpoint, augment, dataset, depth, download, limit
-        )
+        self.task = BlockDropTask(**task_kwargs)
         self.device = self.task.device
         self.num_blocks = self.task.num_blocks
         self.single_observation_space = spaces.Box(0, 255, (3, 32, 32), np.uint8)

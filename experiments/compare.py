@@ -20,9 +20,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -39,6 +36,7 @@ from blockdrop_env.checkpoint import atomic_write_text, run_metadata
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
+from experiments.plotting import save_plot
 
 
 @dataclass
@@ -198,13 +196,7 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
             steps = [p["env_steps"] for p in rs[0]["curve"]]
             rewards = np.array([[p["reward_mean"] for p in r["curve"]] for r in rs])
             ax.errorbar(steps, rewards.mean(0), yerr=rewards.std(0), marker="o", ms=3, capsize=2, label=algo)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("test reward (greedy)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "reward_vs_env_steps.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, "env steps", "test reward (greedy)", out / "reward_vs_env_steps.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for prefix, style in (("FirstK", "o-"), ("RandomK", "s-")):
@@ -216,13 +208,7 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
         f = [r["final"] for r in results if r["algorithm"] == algo]
         if f:
             ax.scatter([x["blocks_mean"] for x in f], [100 * x["accuracy"] for x in f], s=30, label=algo, zorder=3)
-    ax.set_xlabel("blocks kept (mean)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_blocks.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, "blocks kept (mean)", "test accuracy (%)", out / "accuracy_vs_blocks.png")
 
 
 def main(args: Args) -> list[dict]:

@@ -15,9 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 import tyro
@@ -25,6 +22,7 @@ import tyro
 from agents.baselines import FirstK, FullPolicy, RandomK
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from blockdrop_env.checkpoint import run_metadata
+from experiments.plotting import save_plot
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -83,13 +81,7 @@ def plot_accuracy_flops(rows: list[dict], path: Path) -> None:
     for r in rows:
         if not r["name"].startswith(("FirstK", "RandomK")):
             ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], "*", ms=12, label=r["name"])
-    ax.set_xlabel("MFLOPs per image")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, "MFLOPs per image", "accuracy (%)", path)
 
 
 def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int) -> None:
@@ -97,11 +89,7 @@ def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int
     blocks = ev.keep.sum(1)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(blocks.numpy(), bins=torch.arange(num_blocks + 2).numpy() - 0.5, rwidth=0.9)
-    ax.set_xlabel("blocks kept")
-    ax.set_ylabel("images")
-    fig.tight_layout()
-    fig.savefig(out / "blocks_hist.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, "blocks kept", "images", out / "blocks_hist.png", legend=False)
 
     classes = int(ev.labels.max()) + 1
     usage = torch.stack([ev.keep[ev.labels == c].float().mean(0) for c in range(classes)])

@@ -32,7 +32,7 @@ from agents.reinforce import (
     save_agent,
     train_step,
 )
-from blockdrop_env.checkpoint import load_resnet, run_metadata
+from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 
@@ -133,7 +133,7 @@ def main(args: Args) -> dict:
     ckpt_path = args.out / "agent.pt"
     if args.resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if args.resume else None
+    state = load_checkpoint(ckpt_path, "policy", "BlockDrop agent checkpoint") if args.resume else None
 
     init = load_agent(args.init, device) if args.init is not None else None
     resnet, _ = load_resnet(args.resnet_checkpoint, device=device)

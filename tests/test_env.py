@@ -25,7 +25,7 @@ def venv(env_kwargs):
 
 
 def test_gymnasium_check_env_passes(env_kwargs):
-    check_env(BlockDropEnv(split="train", **env_kwargs), skip_render_check=False)
+    check_env(gym.make("BlockDrop-CIFAR10-R32", split="train", render_mode="rgb_array", **env_kwargs).unwrapped)
 
 
 def test_spaces(env):

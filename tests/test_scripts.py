@@ -150,3 +150,27 @@ def test_compare_curriculum_schedule():
 
     args = Args(env_steps=1500, curriculum_fraction=0.5)
     assert [decided_at(s, args, 15) for s in (0, 49, 50, 700, 749, 750, 1500)] == [1, 1, 2, 15, 15, 15, 15]
+
+
+def test_bench_smoke(tmp_path, env_kwargs):
+    from experiments import bench
+
+    result = bench.main(
+        bench.Args(
+            device="cpu",
+            reference_batch=8,
+            env_batches=(4, 8),
+            agent_batch=8,
+            finetune_batch=4,
+            min_seconds=0.01,
+            ppo_steps=32,
+            out=tmp_path,
+            data_dir=str(env_kwargs["data_dir"]),
+            checkpoint=env_kwargs["checkpoint"],
+        )
+    )
+    rows = result["rows"]
+    assert rows[0]["name"].startswith("reference") and rows[0]["ratio_to_reference"] == 1.0
+    assert len(rows) == 7 and all(r["value"] > 0 for r in rows)
+    assert "| measurement |" in (tmp_path / "bench.md").read_text()
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows
