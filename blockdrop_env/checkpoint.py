@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -48,22 +49,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def machine_description() -> str:
+    """The machine a result was measured on: GPU name (when CUDA is present), CPU count, OS."""
+    gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else "no GPU, "
+    return f"{gpu}{os.cpu_count()} CPUs ({platform.machine()}), {platform.system()}, torch {torch.__version__}"
+
+
 def run_metadata() -> dict[str, str]:
-    """Command line, git commit and date of the current run."""
+    """Command line, git commit, date and machine of the current run."""
+    here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+        ).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {
         "command": " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "git_commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
     }
 
 

@@ -199,6 +199,7 @@ def main(args: Args) -> dict:
                 finetune=name == "finetune",
             )
             optimizer = make_optimizer(agent, env, config)
+            test_env.task.penalty = env.unwrapped.task.penalty  # test rewards on the stage's terms
             if state is not None and state["stage"] == name and state["epoch"] == epoch:
                 optimizer.load_state_dict(state["optimizer"])
             current_stage, finetuned = name, finetuned or name == "finetune"
