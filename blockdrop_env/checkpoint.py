@@ -18,6 +18,13 @@ from .resnet import CIFAR_MEAN, CIFAR_STD, CifarResNet
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "resnet32_cifar10.pt"
 
 
+def _umask_mode() -> int:
+    """Permissions a plain new file gets here (mkstemp's temporary files are private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash never leaves a
     half-written file where a good one was."""
@@ -29,6 +36,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,6 +51,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

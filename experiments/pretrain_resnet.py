@@ -9,6 +9,7 @@ written every epoch so that an interrupted run continues with ``--resume``.
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -63,6 +64,7 @@ class Args:
 
 
 def main(args: Args) -> dict:
+    meta = run_metadata()  # at the start: the commit and command that ran
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     num_classes = LAYOUTS[args.dataset].num_classes if args.dataset in LAYOUTS else 0
@@ -163,7 +165,8 @@ def main(args: Args) -> dict:
         "train_images": len(train_x),
         "test_images": len(test_x),
         "args": {k: str(v) for k, v in asdict(args).items()},
-        **run_metadata(),
+        **meta,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     save_resnet(args.out, model, **summary)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -69,3 +69,14 @@ def test_shipped_checkpoint_reaches_its_recorded_test_accuracy():
     accuracy = (predict(model, images) == labels).float().mean().item()
     assert abs(accuracy - meta["test_accuracy"]) < 1e-3
     assert accuracy > 0.85
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    from blockdrop_env.checkpoint import atomic_write_text
+
+    atomic_save({"v": 1}, tmp_path / "a.pt")
+    atomic_write_text(tmp_path / "b.json", "{}")
+    reference = tmp_path / "c"
+    reference.write_text("")
+    for name in ("a.pt", "b.json"):
+        assert (tmp_path / name).stat().st_mode == reference.stat().st_mode, name
