@@ -40,8 +40,8 @@ class Args:
     """Penalty of a wrong prediction, for the mean reward column."""
     baselines: Literal["all", "full", "none"] = "all"
     """Baselines to evaluate too: all (full ResNet, FirstK and RandomK for K = 1..15), full, none."""
-    batch_size: int = 1000
-    """Images per batched forward."""
+    batch_size: int | None = None
+    """Images per batched forward; default: 1000 on CUDA, 256 on the CPU."""
     seed: int = 0
     """Seed of RandomK."""
     device: str = "auto"
