@@ -16,7 +16,7 @@ action. That is the whole API an agent needs from the env beyond ``step``/``scor
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -163,7 +163,3 @@ def load_agent(path: str | os.PathLike, device: str | torch.device = "auto") -> 
     agent.policy.eval()
     agent.resnet_state = ckpt.get("resnet")
     return agent
-
-
-def config_dict(config: ReinforceConfig) -> dict[str, Any]:
-    return asdict(config)
