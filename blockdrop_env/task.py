@@ -3,7 +3,7 @@ ResNet, and the few batched functions of the bandit (draw images, check actions,
 
 Every function here works on whole batches of tensors on the task's device and never waits on the
 device, except :func:`as_keep_mask` on non-bool actions (it must look at their values to refuse
-bad ones; pass a bool tensor to skip that).
+bad ones; pass a bool tensor to skip that) and the index checks of ``reset(options=...)``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def as_keep_mask(action: Any, batch_shape: tuple[int, ...], num_blocks: int, dev
     if isinstance(action, Tensor):
         keep = action
     else:
-        array = np.asarray(action)
+        array = np.ascontiguousarray(action)  # also takes reversed or strided views
         if array.dtype.kind not in "biuf":
             raise ValueError(f"action must hold 0/1 numbers of shape {expected}; got dtype {array.dtype}")
         keep = torch.from_numpy(array)

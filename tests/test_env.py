@@ -70,6 +70,12 @@ def test_env_reward_follows_formula_for_its_prediction(env_kwargs):
         assert reward == pytest.approx(expected) and info["blocks_kept"] == index + 3
 
 
+def test_strided_numpy_actions_are_accepted(env):
+    env.reset(seed=0)
+    keep = np.r_[np.ones(10), np.zeros(20)][::-2]  # a reversed, strided view of 15 values
+    assert env.step(keep)[4]["blocks_kept"] == int(keep.sum())
+
+
 def test_score_does_not_advance(env):
     obs, _ = env.reset(seed=3)
     keep = np.r_[np.ones(7), np.zeros(8)]
