@@ -81,3 +81,11 @@ def test_sb3_algorithms_beat_a_random_policy(tmp_path, algo, steps):
     trained = evaluate(eval_env, greedy_policy(model))
     assert trained.reward_mean > random_policy.reward_mean + 0.3
     assert evaluate(eval_env, FullPolicy()).reward_mean == 0.0  # labels are the full ResNet's answers
+
+
+def test_trpo_runs_through_the_adapter(env_kwargs):
+    env = SB3VecEnv(BlockDropVectorEnv(num_envs=8, split="train", **env_kwargs))
+    model = make_algorithm("trpo", env, seed=0, device="cpu", batch_size=32)
+    model.learn(32)
+    assert model.num_timesteps == 32
+    assert greedy_policy(model)(torch.zeros(3, 3, 32, 32, dtype=torch.uint8)).shape == (3, 15)
