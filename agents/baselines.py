@@ -46,3 +46,13 @@ class RandomK:
         scores = torch.rand(len(images), self.num_blocks, device=images.device, generator=self.generator)
         rank = scores.argsort(1).argsort(1)  # a uniformly random permutation per image
         return rank < self.k
+
+
+def heuristic_policies(
+    num_blocks: int = 15, seed: int = 0, device: str | torch.device = "cpu"
+) -> list[tuple[str, FirstK | RandomK]]:
+    """The paper's heuristic sweep: ("FirstK k=i", FirstK(i)) then ("RandomK k=i", RandomK(i))
+    for i = 1..num_blocks."""
+    first = [(f"FirstK k={k}", FirstK(k, num_blocks)) for k in range(1, num_blocks + 1)]
+    rand = [(f"RandomK k={k}", RandomK(k, num_blocks, seed, device)) for k in range(1, num_blocks + 1)]
+    return first + rand

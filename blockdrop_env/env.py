@@ -115,7 +115,7 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _outcome(self, keep: Any):
         if self._image is None:
-            raise ResetNeeded("no image to act on: call reset() before step() or score()")
+            raise ResetNeeded("the episode is over or never started: call reset() before step() or score()")
         mask = as_keep_mask(keep, (), self.num_blocks, self.task.device)[None]
         return self.task.outcome(self._image, self.task.labels[self._index : self._index + 1], mask)
 
@@ -124,8 +124,6 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
         return float(self._outcome(keep).reward[0])
 
     def step(self, keep: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._image is None:
-            raise ResetNeeded("the episode is over or never started: call reset() before step()")
         out = self._outcome(keep)
         obs = self._image[0].to("cpu", copy=True).numpy()
         self._last_image, self._image = self._image, None  # one step per episode

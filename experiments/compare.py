@@ -27,7 +27,7 @@ import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
-from agents.baselines import FirstK, RandomK
+from agents.baselines import heuristic_policies
 from agents.evaluation import Policy, evaluate, make_eval_env
 from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
@@ -228,11 +228,9 @@ def main(args: Args) -> list[dict]:
             f"{results[-1]['env_steps_per_second']:.0f} env steps/s"
         )
     _, test_env = make_envs(args, 0)
-    k = test_env.num_blocks
-    heuristics = [{"name": f"FirstK k={i}", **evaluate(test_env, FirstK(i, k)).summary()} for i in range(1, k + 1)]
-    heuristics += [
-        {"name": f"RandomK k={i}", **evaluate(test_env, RandomK(i, k, 0, test_env.device)).summary()}
-        for i in range(1, k + 1)
+    heuristics = [
+        {"name": name, **evaluate(test_env, policy).summary()}
+        for name, policy in heuristic_policies(test_env.num_blocks, 0, test_env.device)
     ]
     md = table(results, args.algorithms)
     (out / "table.md").write_text(md)

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 import tyro
 
-from agents.baselines import FirstK, FullPolicy, RandomK
+from agents.baselines import FullPolicy, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from blockdrop_env.checkpoint import run_metadata
 from experiments.plotting import save_plot
@@ -145,10 +145,8 @@ def main(args: Args) -> list[dict]:
     if args.baselines != "none":
         rows.append(row("full ResNet", evaluate(env, FullPolicy(k_total))))
     if args.baselines == "all":
-        for k in range(1, k_total + 1):
-            rows.append(row(f"FirstK k={k}", evaluate(env, FirstK(k, k_total))))
-        for k in range(1, k_total + 1):
-            rows.append(row(f"RandomK k={k}", evaluate(env, RandomK(k, k_total, args.seed, env.device))))
+        for name_k, heuristic in heuristic_policies(k_total, args.seed, env.device):
+            rows.append(row(name_k, evaluate(env, heuristic)))
 
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = env.task.checkpoint_meta.get("test_accuracy")

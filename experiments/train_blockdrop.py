@@ -110,9 +110,7 @@ def locate(epoch: int, plan: list[tuple[str, int]]) -> tuple[str, int, int]:
 
 def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Per-epoch train figures from the steps' tensors; the one host sync of the epoch."""
-    cat = {
-        k: torch.cat([s[k].reshape(len(s[k]) if s[k].ndim else 1, *s[k].shape[1:]) for s in steps]) for k in steps[0]
-    }
+    cat = {k: torch.cat([torch.atleast_1d(s[k]) for s in steps]) for k in steps[0]}
     blocks = cat["blocks_kept"].double()
     return {
         "accuracy": cat["correct"].double().mean().item(),
