@@ -10,7 +10,8 @@ left out of the log-likelihood and the entropy.
 Joint finetuning reaches the env's ResNet through ``env.unwrapped.resnet`` (the module the env
 scores with, so rewards follow the finetuned weights at once) and the current labels through
 ``env.unwrapped.labels``; it adds the cross-entropy of the ResNet's prediction under the sampled
-action. That is the whole API an agent needs from the env beyond ``step``/``score``.
+action. That is the whole API an agent needs from the env beyond ``step(sampled, baseline=greedy)``,
+which scores both actions in one ResNet forward.
 """
 
 from __future__ import annotations
@@ -106,14 +107,15 @@ def train_step(
     probs = probs.float()
     greedy = (probs.detach() >= 0.5) | forced
     sampled = torch.bernoulli(bounded(probs.detach(), config.alpha), generator=generator).bool() | forced
-    reward_greedy = env.score(greedy)
     loss_extra = torch.zeros((), device=base.device)
     if config.finetune:
         labels = base.labels
         with autocast(base.device):
             logits = base.resnet(images, sampled)
         loss_extra = F.cross_entropy(logits.float(), labels)
-    _, reward, _, _, info = env.step(sampled)
+    # The greedy baseline is scored in the same ResNet forward as the sampled action.
+    _, reward, _, _, info = env.step(sampled, baseline=greedy)
+    reward_greedy = info["baseline_reward"]
     loss, entropy = reinforce_loss(probs, sampled, reward - reward_greedy, ~forced, config.alpha, config.beta)
     optimizer.zero_grad(set_to_none=True)
     (loss + loss_extra).backward()

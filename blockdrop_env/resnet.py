@@ -8,6 +8,11 @@ the shortcut is parameter-free ("option A"): 2x2 average pooling, then zero chan
 ``ReLU(shortcut(x) + residual(x))``, a dropped one ``shortcut(x)`` alone, so one batch can carry
 a different policy per image. Inputs are raw images (uint8 in [0, 255]); the normalisation lives
 here so that observations stay raw.
+
+The masked forward computes every residual and selects; ``features(..., gather_below=f)`` instead
+runs a block's residual only on the images that keep it (gather/scatter) when fewer than a
+fraction ``f`` of the batch keep it. That pays on the CPU; it costs a host synchronisation per
+block, so the CUDA path (``blockdrop_env.inference``) keeps the masked form.
 """
 
 from __future__ import annotations
@@ -76,6 +81,16 @@ class BasicBlock(nn.Module):
         keep = keep.to(out.dtype).view(-1, 1, 1, 1)
         return shortcut + keep * (out - shortcut)
 
+    def forward_gathered(self, x: Tensor, keep: Tensor) -> Tensor:
+        """``forward(x, keep)`` computing the residual only for the images with ``keep`` set."""
+        shortcut = self.shortcut(x)
+        kept = keep.nonzero().squeeze(1)  # host synchronisation: the kept count sizes the batch
+        if len(kept) == 0:
+            return shortcut
+        if len(kept) == len(keep):
+            return F.relu(shortcut + self.residual(x))
+        return shortcut.index_put((kept,), F.relu(shortcut[kept] + self.residual(x[kept])))
+
 
 class CifarResNet(nn.Module):
     """ResNet of depth 6n+2 for 32x32 images, with ``forward(x, keep)``.
@@ -126,16 +141,28 @@ class CifarResNet(nn.Module):
             images = images.float().div_(255)
         return (images - self.mean) / self.std
 
-    def features(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
-        """Pooled features (B, feature_dim) under the keep mask (None: every block runs)."""
+    def features(self, images: Tensor, keep: Tensor | None = None, gather_below: float = 0.0) -> Tensor:
+        """Pooled features (B, feature_dim) under the keep mask (None: every block runs).
+
+        A block kept by fewer than ``gather_below`` of the images runs on those images alone
+        (:meth:`BasicBlock.forward_gathered`); 0 never gathers, above 1 always does.
+        """
         if keep is not None and keep.shape != (images.shape[0], self.num_blocks):
             raise ValueError(
                 f"keep must have shape (batch, {self.num_blocks}) = "
                 f"({images.shape[0]}, {self.num_blocks}); got {tuple(keep.shape)}"
             )
         x = self.stem(self.normalize(images))
+        if keep is not None and gather_below > 0:
+            keep = keep.bool()
+            gather = (keep.float().mean(0) < gather_below).tolist()  # one host synchronisation
         for k, block in enumerate(self.blocks):
-            x = block(x, None if keep is None else keep[:, k])
+            if keep is None:
+                x = block(x)
+            elif gather_below > 0 and gather[k]:
+                x = block.forward_gathered(x, keep[:, k])
+            else:
+                x = block(x, keep[:, k])
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:

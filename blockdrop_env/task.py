@@ -17,7 +17,8 @@ from torch import Tensor
 
 from .checkpoint import load_resnet
 from .data import LAYOUTS, SPLITS, load_cifar, random_crop_flip
-from .device import autocast, resolve_device
+from .device import resolve_device
+from .inference import CompileMode, MaskedPredictor
 from .resnet import CifarResNet
 from .reward import blockdrop_reward
 
@@ -77,6 +78,11 @@ class BlockDropTask:
         depth: depth of the ResNet in the checkpoint.
         download: fetch CIFAR with torchvision when it is not found.
         limit: use only the first ``limit`` images of the split (smoke runs, tests).
+        plain: score with the plain fp32 forward (the reference the optimised one is checked
+            against; see ``blockdrop_env.inference``).
+        compile: a ``torch.compile`` mode for the ResNet forward ("max-autotune-no-cudagraphs"
+            is the fastest measured on an H200), or None (default) for eager: compiling takes a
+            minute or more at the first step of each batch size.
     """
 
     def __init__(
@@ -91,6 +97,8 @@ class BlockDropTask:
         depth: int = 32,
         download: bool = False,
         limit: int | None = None,
+        plain: bool = False,
+        compile: CompileMode | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
@@ -115,6 +123,7 @@ class BlockDropTask:
                 checkpoint, depth, LAYOUTS[dataset].num_classes, self.device
             )
             self.resnet.requires_grad_(False)
+        self.predict = MaskedPredictor(self.resnet, plain=plain, compile=compile)
 
     @property
     def num_images(self) -> int:
@@ -147,10 +156,18 @@ class BlockDropTask:
 
     @torch.no_grad()
     def outcome(self, images: Tensor, labels: Tensor, keep: Tensor) -> Outcome:
-        """Run the ResNet under ``keep`` (bool, (B, K)) and score the predictions."""
-        with autocast(self.device):
-            prediction = self.resnet(images, keep).argmax(1)
+        """Run the ResNet under ``keep`` (bool, (B, K)) and score the predictions.
+
+        ``keep`` may also stack M actions, (M, B, K), all on the same B images: one forward of
+        M*B images, every Outcome field (M, B).
+        """
+        actions = keep.shape[:-1]
+        if keep.ndim == 3:
+            images = images.expand(keep.shape[0], *images.shape).flatten(0, 1)
+            labels = labels.expand(actions)
+        flat_keep = keep.reshape(-1, keep.shape[-1])
+        prediction = self.predict(images, flat_keep).view(actions)
         correct = prediction == labels
-        blocks_kept = keep.sum(1)
+        blocks_kept = keep.sum(-1)
         reward = blockdrop_reward(correct, blocks_kept, self.num_blocks, self.penalty)
-        return Outcome(reward, prediction, correct, blocks_kept, self.resnet.flops(keep))
+        return Outcome(reward, prediction, correct, blocks_kept, self.resnet.flops(flat_keep).view(actions))

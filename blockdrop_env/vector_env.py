@@ -31,7 +31,9 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
       returns the next images at once, the finished ones in ``info["final_obs"]``;
     * ``reset(options={"index": idx})`` with ``num_envs`` indices shows those images (to walk the
       test split in order);
-    * ``score(keep)`` returns the (num_envs,) rewards that ``keep`` would get on the current images.
+    * ``score(keep)`` returns the (num_envs,) rewards that ``keep`` would get on the current images;
+      ``step(actions, baseline=keep)`` also scores ``keep`` on the same images in the same
+      forward (``info["baseline_reward"]``).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -106,16 +108,32 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
     def evaluate(self, keep: Any) -> Outcome:
         """The full outcome (reward, prediction, ...) of ``keep`` on the current images."""
         images = self._require_images()
-        mask = as_keep_mask(keep, (self.num_envs,), self.num_blocks, self.device)
-        return self.task.outcome(images, self.task.labels[self._indices], mask)
+        return self.task.outcome(images, self.task.labels[self._indices], self._check(keep))
+
+    def _check(self, keep: Any) -> Tensor:
+        return as_keep_mask(keep, (self.num_envs,), self.num_blocks, self.device)
 
     def score(self, keep: Any) -> Tensor:
         """Rewards (num_envs,) that ``keep`` would get on the current images; nothing advances."""
         return self.evaluate(keep).reward
 
-    def step(self, actions: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
-        out = self.evaluate(actions)
+    def step(self, actions: Any, *, baseline: Any = None) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Score ``actions`` on the current images and show the next ones.
+
+        ``baseline``: another (num_envs, K) action scored on the same images in the same ResNet
+        forward, its rewards in ``info["baseline_reward"]`` (a self-critical agent's greedy
+        action: one forward of 2 x num_envs images instead of two).
+        """
+        if baseline is None:
+            out = self.evaluate(actions)
+        else:
+            images = self._require_images()
+            keep = torch.stack([self._check(actions), self._check(baseline)])
+            both = self.task.outcome(images, self.task.labels[self._indices], keep)
+            out = Outcome(*(field[0] for field in both))
         info: dict[str, Any] = out.info(self.task.labels[self._indices])
+        if baseline is not None:
+            info["baseline_reward"] = both.reward[1]
         info["index"] = self._indices
         info["final_obs"] = self._images
         self._show(self.task.draw(self.num_envs, self._generator))  # SAME_STEP autoreset

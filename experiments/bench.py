@@ -1,12 +1,17 @@
-"""Benchmarks: throughput of the env and agents as ratios to a reference measured in the same run.
+"""Benchmarks: throughput of the env and agents as ratios to a reference measured in the same run,
+and the agreement of the optimised ResNet forward with the plain one.
 
     python -m experiments.bench                  # sizes by device: small on the CPU
     python -m experiments.bench --out results/bench/h200
 
 The reference is the plain fp32 eager masked ResNet-32 forward (images/s) at ``reference_batch``.
-Then: the vector env's ``step`` (env steps/s) over batch sizes, the BlockDrop agent's curriculum
-training (images/s, and the time of a 50,000-image epoch at that rate) and finetuning (steps/s),
-and SB3 PPO through the adapter (env steps/s). Writes ``bench.json`` and ``bench.md``.
+Then: the env's ResNet forward (``blockdrop_env.inference``) eager, with gather/scatter of
+dropped blocks and compiled; the vector env's ``step`` (env steps/s) over batch sizes, eager and
+compiled; the BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image
+epoch at that rate) and finetuning (steps/s); SB3 PPO through the adapter (env steps/s).
+Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
+plain and each optimised forward: the share of identical rewards and the accuracy of each.
+Writes ``bench.json`` and ``bench.md``.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from pathlib import Path
 import torch
 import tyro
 
+from agents.baselines import FullPolicy, RandomK
+from agents.evaluation import evaluate, make_eval_env
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, run_metadata
-from blockdrop_env.device import resolve_device
+from blockdrop_env.device import autocast, resolve_device
+from blockdrop_env.inference import CompileMode
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
@@ -37,7 +45,12 @@ class Args:
     reference_batch: int | None = None
     """Batch of the reference forward; default 8192 on CUDA, 256 on the CPU."""
     env_batches: tuple[int, ...] | None = None
-    """Vector-env sizes; default 256..16384 on CUDA, 64..512 on the CPU."""
+    """Vector-env sizes; default 256..16384 on CUDA, 64..1024 on the CPU."""
+    compile: CompileMode | None = "default"
+    """torch.compile mode of the compiled rows ("max-autotune-no-cudagraphs" is the fastest
+    measured on an H200 but compiles for minutes; "max-autotune" adds CUDA graphs); None skips them."""
+    compiled_batches: tuple[int, ...] | None = None
+    """Vector-env sizes measured compiled too (each compiles once); default 8192 on CUDA, 256 on the CPU."""
     agent_batch: int | None = None
     """Curriculum batch; default 2048 on CUDA, 256 on the CPU."""
     finetune_batch: int = 256
@@ -46,6 +59,8 @@ class Args:
     """Each figure times repeats for at least this long, after one warm-up call."""
     ppo_steps: int | None = None
     """Env steps of the PPO measurement; default 65,536 on CUDA, 2,048 on the CPU."""
+    agreement_limit: int | None = None
+    """Test images of the agreement check (default: all 10,000)."""
     out: Path = Path("results/bench/cpu")
     """Folder for bench.json and bench.md."""
     data_dir: str | None = None
@@ -73,35 +88,85 @@ def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) ->
             return elapsed / calls
 
 
+def agreement(args: Args, variants: dict[str, dict]) -> list[dict]:
+    """The test split through the plain forward and each optimised one, under the same actions."""
+    common = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "device": args.device}
+    rows = []
+    for action, make_policy in (("every block", FullPolicy), ("9 of 15 at random", lambda: RandomK(9, seed=0))):
+        plain = evaluate(make_eval_env(limit=args.agreement_limit, plain=True, **common), make_policy())
+        for name, kwargs in variants.items():
+            fast = evaluate(make_eval_env(limit=args.agreement_limit, **kwargs, **common), make_policy())
+            assert torch.equal(fast.keep, plain.keep)  # same actions, so equal rewards iff equal correctness
+            rows.append(
+                {
+                    "forward": name,
+                    "actions": action,
+                    "images": plain.num_images,
+                    "identical_rewards": (fast.correct == plain.correct).double().mean().item(),
+                    "accuracy_plain": plain.accuracy,
+                    "accuracy": fast.accuracy,
+                }
+            )
+    return rows
+
+
 def main(args: Args) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     ref_batch = args.reference_batch or (8192 if cuda else 256)
-    env_batches = args.env_batches or ((256, 1024, 4096, 8192, 16384) if cuda else (64, 256, 512))
+    env_batches = args.env_batches or ((256, 1024, 4096, 8192, 16384) if cuda else (64, 256, 1024))
+    compiled_batches = () if args.compile is None else args.compiled_batches or ((8192,) if cuda else (256,))
     agent_batch = args.agent_batch or (2048 if cuda else 256)
     ppo_steps = args.ppo_steps or (65_536 if cuda else 2048)
     common = {"device": device, "data_dir": args.data_dir, "checkpoint": args.checkpoint}
+    compiled = f"compiled ({args.compile})"
     rows: list[dict] = []
 
     def record(name: str, value: float, unit: str, per_image: float) -> None:
         rows.append({"name": name, "value": value, "unit": unit, "images_per_s": per_image})
+        print(f"{name}: {value:,.2f} {unit}", flush=True)
 
-    # Reference: plain fp32 eager masked forward.
-    env = BlockDropVectorEnv(num_envs=ref_batch, split="train", augment=False, **common)
-    resnet = env.resnet
+    def forward_rate(fn: Callable[[], object]) -> float:
+        with torch.no_grad():
+            return ref_batch / timed(fn, device, args.min_seconds)
+
+    # The reference, then the env's forward on the same images and actions (60% of blocks kept).
+    env = BlockDropVectorEnv(num_envs=ref_batch, split="train", augment=False, plain=True, **common)
     images, _ = env.reset(seed=0)
-    keep = torch.rand(ref_batch, env.num_blocks, device=device) < 0.6
-    with torch.no_grad():
-        seconds = timed(lambda: resnet(images, keep), device, args.min_seconds)
-    reference = ref_batch / seconds
+    keep = torch.rand(ref_batch, env.num_blocks, device=device, generator=torch.Generator(device).manual_seed(0)) < 0.6
+    reference = forward_rate(lambda: env.resnet(images, keep))
     record(f"reference: fp32 eager masked ResNet-32 forward, batch {ref_batch}", reference, "images/s", reference)
+    fast = BlockDropVectorEnv(num_envs=ref_batch, split="train", augment=False, **common).task
+    rate = forward_rate(lambda: fast.predict(images, keep))
+    record(
+        f"env forward, eager ({'bf16, channels_last' if cuda else 'chunked, gather/scatter'})", rate, "images/s", rate
+    )
 
-    for batch in env_batches:
-        env = BlockDropVectorEnv(num_envs=batch, split="train", **common)
+    def gathered() -> torch.Tensor:
+        with autocast(device):
+            return fast.resnet.features(images.contiguous(memory_format=torch.channels_last), keep, gather_below=1.1)
+
+    rate = forward_rate(gathered)
+    record("env forward, eager, gather/scatter of every partly kept block, unchunked", rate, "images/s", rate)
+    if args.compile is not None:
+        fast = BlockDropVectorEnv(num_envs=ref_batch, split="train", augment=False, compile=args.compile, **common).task
+        t0 = time.perf_counter()
+        fast.predict(images, keep)
+        record(f"compile time of the env forward ({args.compile})", time.perf_counter() - t0, "s", 0.0)
+        rate = forward_rate(lambda: fast.predict(images, keep))
+        record(f"env forward, {compiled}", rate, "images/s", rate)
+
+    for batch, mode in [(b, None) for b in env_batches] + [(b, args.compile) for b in compiled_batches]:
+        env = BlockDropVectorEnv(num_envs=batch, split="train", compile=mode, **common)
         env.reset(seed=0)
         keep = torch.rand(batch, env.num_blocks, device=device) < 0.6
         seconds = timed(lambda env=env, keep=keep: env.step(keep), device, args.min_seconds)
-        record(f"vector env step, batch {batch}", batch / seconds, "env steps/s", batch / seconds)
+        record(
+            f"vector env step, batch {batch}{', ' + compiled if mode else ''}",
+            batch / seconds,
+            "env steps/s",
+            batch / seconds,
+        )
 
     env = CurriculumVectorWrapper(BlockDropVectorEnv(num_envs=agent_batch, split="train", **common), 15)
     env.reset(seed=0)
@@ -130,10 +195,13 @@ def main(args: Args) -> dict:
     rate = ppo_steps / (time.perf_counter() - t0)
     record(f"SB3 PPO through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
 
+    variants = {"eager": {}} | ({compiled: {"compile": args.compile}} if args.compile else {})
+    agree = agreement(args, variants)
     for r in rows:
         r["ratio_to_reference"] = r["images_per_s"] / reference
     result = {
         "rows": rows,
+        "agreement": agree,
         "device": torch.cuda.get_device_name(device)
         if cuda
         else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -148,9 +216,27 @@ def main(args: Args) -> dict:
         "| measurement | value | unit | ratio to reference (images/s) |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['name']} | {r['value']:,.2f} | {r['unit']} | {r['ratio_to_reference']:.2f} |" for r in rows]
+    lines += [
+        f"| {r['name']} | {r['value']:,.2f} | {r['unit']} | {r['ratio_to_reference']:.2f} |"
+        if r["images_per_s"]
+        else f"| {r['name']} | {r['value']:,.2f} | {r['unit']} | |"
+        for r in rows
+    ]
     if cuda:
         lines += ["", f"Peak GPU memory: {result['peak_gpu_memory_gib']:.2f} GiB"]
+    lines += [
+        "",
+        "Agreement with the plain fp32 forward on the test split, same actions:",
+        "",
+        "| forward | actions | images | identical rewards (%) | plain accuracy (%) | accuracy (%) | difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {a['forward']} | {a['actions']} | {a['images']:,} | {100 * a['identical_rewards']:.2f} | "
+        f"{100 * a['accuracy_plain']:.2f} | {100 * a['accuracy']:.2f} | "
+        f"{100 * (a['accuracy'] - a['accuracy_plain']):+.2f} points |"
+        for a in agree
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "bench.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.out / "bench.md", "\n".join(lines) + "\n")

@@ -164,6 +164,7 @@ def test_bench_smoke(tmp_path, env_kwargs):
             finetune_batch=4,
             min_seconds=0.01,
             ppo_steps=32,
+            compile=None,  # the compiled path is checked in tests/test_inference.py
             out=tmp_path,
             data_dir=str(env_kwargs["data_dir"]),
             checkpoint=env_kwargs["checkpoint"],
@@ -171,6 +172,8 @@ def test_bench_smoke(tmp_path, env_kwargs):
     )
     rows = result["rows"]
     assert rows[0]["name"].startswith("reference") and rows[0]["ratio_to_reference"] == 1.0
-    assert len(rows) == 7 and all(r["value"] > 0 for r in rows)
+    assert len(rows) == 9 and all(r["value"] > 0 for r in rows)
+    assert [(a["forward"], a["images"]) for a in result["agreement"]] == [("eager", 16)] * 2
+    assert all(a["identical_rewards"] == 1.0 for a in result["agreement"])
     assert "| measurement |" in (tmp_path / "bench.md").read_text()
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows
