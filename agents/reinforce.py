@@ -26,6 +26,7 @@ from torch import Tensor
 
 from blockdrop_env.checkpoint import atomic_save, load_checkpoint
 from blockdrop_env.device import autocast, resolve_device
+from blockdrop_env.inference import CompileMode
 
 from .policy import PolicyNet
 
@@ -67,11 +68,19 @@ def reinforce_loss(
 
 
 class BlockDropAgent:
-    """A policy network, optionally a finetuned ResNet state, and the act functions."""
+    """A policy network, optionally a finetuned ResNet state, and the act functions.
 
-    def __init__(self, num_blocks: int = 15, device: str | torch.device = "auto") -> None:
+    ``compile``: a ``torch.compile`` mode for the policy's forward (and so its backward) in
+    training and acting; None (default) runs it eager. ``policy`` stays the plain module
+    (its state is what is saved).
+    """
+
+    def __init__(
+        self, num_blocks: int = 15, device: str | torch.device = "auto", compile: CompileMode | None = None
+    ) -> None:
         self.device = resolve_device(device)
         self.policy = PolicyNet(num_blocks).to(self.device)
+        self.forward = self.policy if compile is None else torch.compile(self.policy, mode=compile, dynamic=False)
         self.resnet_state: dict[str, Tensor] | None = None  # set when loaded from a finetuned run
 
     @torch.no_grad()
@@ -80,7 +89,7 @@ class BlockDropAgent:
         was_training = self.policy.training
         self.policy.eval()
         with autocast(self.device):
-            probs, _ = self.policy(images)
+            probs, _ = self.forward(images)
         self.policy.train(was_training)
         return probs >= 0.5
 
@@ -103,7 +112,7 @@ def train_step(
     images = base.images
     agent.policy.train()
     with autocast(base.device):
-        probs, _ = agent.policy(images)
+        probs, _ = agent.forward(images)
     probs = probs.float()
     greedy = (probs.detach() >= 0.5) | forced
     sampled = torch.bernoulli(bounded(probs.detach(), config.alpha), generator=generator).bool() | forced

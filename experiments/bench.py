@@ -168,16 +168,23 @@ def main(args: Args) -> dict:
             batch / seconds,
         )
 
-    env = CurriculumVectorWrapper(BlockDropVectorEnv(num_envs=agent_batch, split="train", **common), 15)
-    env.reset(seed=0)
-    agent, config = BlockDropAgent(device=device), ReinforceConfig()
-    optimizer = make_optimizer(agent, env, config)
     generator = torch.Generator(device).manual_seed(0)
-    seconds = timed(lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds)
-    rate = agent_batch / seconds
-    record(f"BlockDrop curriculum step, batch {agent_batch}", rate, "images/s", rate)
-    record("BlockDrop curriculum epoch of 50,000 images at that rate", 50_000 / rate, "s", rate)
 
+    def curriculum_rate(mode: CompileMode | None) -> float:
+        env = CurriculumVectorWrapper(BlockDropVectorEnv(agent_batch, split="train", compile=mode, **common), 15)
+        env.reset(seed=0)
+        agent, config = BlockDropAgent(device=device, compile=mode), ReinforceConfig()
+        optimizer = make_optimizer(agent, env, config)
+        return agent_batch / timed(
+            lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds
+        )
+
+    for mode in (None, args.compile) if args.compile else (None,):
+        rate, how = curriculum_rate(mode), f", env and policy {compiled}" if mode else ""
+        record(f"BlockDrop curriculum step, batch {agent_batch}{how}", rate, "images/s", rate)
+        record(f"BlockDrop curriculum epoch of 50,000 images at that rate{how}", 50_000 / rate, "s", rate)
+
+    agent = BlockDropAgent(device=device)
     env = BlockDropVectorEnv(num_envs=args.finetune_batch, split="train", penalty=-10.0, **common)
     env.reset(seed=0)
     config = ReinforceConfig(lr=1e-4, beta=0.0, finetune=True)

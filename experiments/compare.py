@@ -33,6 +33,7 @@ from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import greedy_policy, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, run_metadata
+from blockdrop_env.inference import CompileMode
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
@@ -70,6 +71,9 @@ class Args:
     """ResNet checkpoint; default: the shipped one."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
+    compile: CompileMode | None = None
+    """torch.compile mode of the env's ResNet forward (every algorithm) and of the BlockDrop policy (on an H200:
+    "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -99,7 +103,7 @@ class Recorder:
 
 
 def make_envs(args: Args, seed: int):
-    common = dict(device=args.device, data_dir=args.data_dir, checkpoint=args.checkpoint)
+    common = dict(device=args.device, data_dir=args.data_dir, checkpoint=args.checkpoint, compile=args.compile)
     train = BlockDropVectorEnv(num_envs=args.num_envs, split="train", penalty=args.penalty, limit=args.limit, **common)
     train.reset(seed=seed)
     test = make_eval_env("test", limit=args.eval_limit, penalty=args.penalty, **common)
@@ -108,7 +112,7 @@ def make_envs(args: Args, seed: int):
 
 def run_blockdrop(args: Args, seed: int, train_env, recorder: Recorder) -> None:
     torch.manual_seed(seed)
-    agent = BlockDropAgent(device=train_env.unwrapped.device)
+    agent = BlockDropAgent(device=train_env.unwrapped.device, compile=args.compile)
     recorder.policy_flops = agent.policy.flops()
     config = ReinforceConfig()
     optimizer = make_optimizer(agent, train_env, config)

@@ -33,6 +33,7 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
+from blockdrop_env.inference import CompileMode
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 
@@ -85,6 +86,9 @@ class Args:
     """Seed of the initialisation, the image draws, augmentation and action sampling."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
+    compile: CompileMode | None = None
+    """torch.compile mode of the env's ResNet forward and of the policy (on an H200:
+    "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -126,7 +130,7 @@ def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
-    agent = BlockDropAgent(device=args.device)
+    agent = BlockDropAgent(device=args.device, compile=args.compile)
     device = agent.device
     ckpt_path = args.out / "agent.pt"
     if args.resume and not ckpt_path.is_file():
@@ -145,7 +149,7 @@ def main(args: Args) -> dict:
             resnet.load_state_dict(state["resnet"])
 
     # Every env shares the one ResNet: finetuning changes what all of them score with.
-    common = dict(device=device, data_dir=args.data_dir, checkpoint=resnet, limit=args.limit)
+    common = dict(device=device, data_dir=args.data_dir, checkpoint=resnet, limit=args.limit, compile=args.compile)
     test_env = make_eval_env("test", **common)
     plan = stages(args)
     total_epochs = sum(e for _, e in plan)

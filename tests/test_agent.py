@@ -140,3 +140,19 @@ def test_load_agent_refuses_bad_files(tmp_path):
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"not a BlockDrop agent checkpoint \(no 'policy'\)"):
         load_agent(tmp_path / "other.pt", device="cpu")
+
+
+def test_compiled_agent_acts_and_trains_like_the_eager_one(env_kwargs):
+    torch.manual_seed(0)
+    eager, compiled = BlockDropAgent(device="cpu"), BlockDropAgent(device="cpu", compile="default")
+    compiled.policy.load_state_dict(eager.policy.state_dict())
+    env = CurriculumVectorWrapper(BlockDropVectorEnv(num_envs=16, split="train", **env_kwargs), decided=15)
+    images, _ = env.reset(seed=0)
+    with torch.no_grad():
+        probs_eager, probs_compiled = eager.forward(images)[0], compiled.forward(images)[0]
+    assert torch.allclose(probs_compiled, probs_eager, atol=1e-5)
+    config = ReinforceConfig()
+    before = [p.detach().clone() for p in compiled.policy.parameters()]
+    stats = train_step(compiled, env, make_optimizer(compiled, env, config), config, torch.Generator().manual_seed(0))
+    assert torch.isfinite(stats["loss"]) and stats["reward"].shape == (16,)
+    assert any(not torch.equal(b, p) for b, p in zip(before, compiled.policy.parameters(), strict=True))
