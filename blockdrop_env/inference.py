@@ -1,35 +1,66 @@
 """The ResNet forward the envs score with: predictions of a frozen ResNet under a keep mask, as
 fast as the device allows, with the plain fp32 forward kept for checking.
 
-What each optimisation buys is measured by ``experiments/bench.py`` (the reference there is the
-plain path); its agreement check runs both on the test split with the same actions.
+What each option buys is measured by ``experiments/bench.py`` (the reference there is the plain
+path); its agreement check runs both on the test split with the same actions.
 
-* CUDA: bf16 autocast, channels_last, and optionally ``torch.compile`` (mode "max-autotune"
-  adds CUDA graphs). The masked form (every residual computed, then selected) needs no host
+* CUDA: bf16 autocast and channels_last, optionally ``torch.compile`` (mode "max-autotune" adds
+  CUDA graphs). The masked form (every residual computed, then selected) needs no host
   synchronisation, so a step never waits on the GPU.
-* CPU: fp32, channels_last, batches cut into chunks of ``CPU_CHUNK`` images (larger batches fall
-  out of the cache and run up to 3x slower), and blocks kept by few images run on those alone
-  (gather/scatter; host synchronisation costs nothing there).
+* CPU: fp32, channels_last, batches cut into chunks of 64 images (larger batches fall out of the
+  cache: batch 512 ran at 0.41 of batch 256's rate), and blocks kept by few images run on those
+  alone (gather/scatter; a host synchronisation costs nothing there).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from .device import autocast
 from .resnet import CifarResNet
 
-CPU_CHUNK = 64
-"""Images per ResNet call on the CPU (measured: 64-128 keep the activations in cache)."""
-CPU_GATHER_BELOW = 0.8
-"""On the CPU, a block kept by fewer than this fraction of a chunk runs on its keepers alone."""
-COMPILE_BUCKET = 1024
-"""Compiled forwards pad the batch to a multiple of this on CUDA, so few shapes compile."""
-
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+COMPILE_BUCKET = 1024
+"""Compiled CUDA forwards pad the batch to a multiple of this, so that few shapes compile."""
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How :class:`MaskedPredictor` runs the ResNet."""
+
+    bf16: bool = False
+    """bf16 autocast (CUDA)."""
+    channels_last: bool = False
+    """Weights and activations in channels_last memory format."""
+    chunk: int | None = None
+    """Run the batch in chunks of this many images (None: in one call)."""
+    gather_below: float = 0.0
+    """Blocks kept by fewer than this fraction of a chunk run on their keepers alone (0: never)."""
+    compile: CompileMode | None = None
+    """A ``torch.compile`` mode, or None for eager."""
+
+    def __post_init__(self) -> None:
+        if self.compile is not None and self.compile not in get_args(CompileMode):
+            raise ValueError(f"compile must be None or one of {get_args(CompileMode)}; got {self.compile!r}")
+        if self.compile is not None and self.gather_below > 0:
+            raise ValueError("gather/scatter shapes depend on the data: it cannot be compiled (gather_below=0)")
+        if self.chunk is not None and self.chunk < 1:
+            raise ValueError(f"chunk must be a positive number of images or None; got {self.chunk}")
+
+    @classmethod
+    def for_device(cls, device: torch.device, compile: CompileMode | None = None) -> ForwardOptions:
+        """The fastest measured options on ``device`` (see the module docstring)."""
+        if device.type == "cuda":
+            return cls(bf16=True, channels_last=True, compile=compile)
+        return cls(channels_last=True, chunk=64, gather_below=0.0 if compile else 0.8, compile=compile)
+
+
+PLAIN = ForwardOptions()
+"""The reference: ``resnet(images, keep)`` in fp32, in one call."""
 
 
 class MaskedPredictor:
@@ -37,53 +68,45 @@ class MaskedPredictor:
 
     Args:
         resnet: the ResNet; read at every call, so finetuning that updates its weights in place is
-            seen at once. On CUDA its parameters are moved to channels_last (same values).
-        plain: the reference path, ``resnet(images, keep)`` in fp32 in one call (no
-            autocast, chunking, gathering or compilation).
-        compile: a ``torch.compile`` mode, or None for eager. Compilation happens at the first call
-            of each batch shape (on CUDA batches are padded to a multiple of ``COMPILE_BUCKET``).
-            The gather path is off when compiled (its shapes depend on the data).
+            seen at once. With ``channels_last`` its parameters are moved to that format (same
+            values).
+        options: how to run it; default: :meth:`ForwardOptions.for_device`. A compiled forward
+            compiles at the first call of each batch shape (on CUDA batches are padded to a
+            multiple of ``COMPILE_BUCKET``), so nothing is compiled twice.
     """
 
-    def __init__(self, resnet: CifarResNet, *, plain: bool = False, compile: CompileMode | None = None) -> None:
-        if plain and compile:
-            raise ValueError("the plain path is the uncompiled reference: pass plain=True or compile, not both")
-        if compile is not None and compile not in get_args(CompileMode):
-            raise ValueError(f"compile must be None or one of {get_args(CompileMode)}; got {compile!r}")
+    def __init__(self, resnet: CifarResNet, options: ForwardOptions | None = None) -> None:
         self.resnet = resnet
         self.device = next(resnet.parameters()).device
-        self.plain = plain
-        self.compile = compile
-        self.cuda = self.device.type == "cuda"
-        if not plain:
+        self.options = options or ForwardOptions.for_device(self.device)
+        if self.options.channels_last:
             resnet.to(memory_format=torch.channels_last)
         self._forward = self._eager
-        if compile is not None:
-            # dynamic=False: one specialised graph per (bucketed) shape, never a slower dynamic one.
-            self._forward = torch.compile(self._eager, mode=compile, dynamic=False)
+        if self.options.compile is not None:
+            # dynamic=False: one specialised graph per (padded) shape, never a slower dynamic one.
+            self._forward = torch.compile(self._eager, mode=self.options.compile, dynamic=False)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, keep: Tensor) -> Tensor:
-        if self.plain:
-            return self.resnet(images, keep).argmax(1)
-        if not self.cuda:
+        chunk = self.options.chunk
+        if chunk is not None and len(images) > chunk:
             return torch.cat(
-                [
-                    self._forward(images[i : i + CPU_CHUNK], keep[i : i + CPU_CHUNK])
-                    for i in range(0, len(images), CPU_CHUNK)
-                ]
+                [self._padded(images[i : i + chunk], keep[i : i + chunk]) for i in range(0, len(images), chunk)]
             )
+        return self._padded(images, keep)
+
+    def _padded(self, images: Tensor, keep: Tensor) -> Tensor:
         batch = len(images)
-        if self.compile is not None and batch % COMPILE_BUCKET:
-            pad = COMPILE_BUCKET - batch % COMPILE_BUCKET
-            images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
-            keep = torch.cat([keep, keep[-1:].expand(pad, -1)])
-        # clone: CUDA-graph outputs are overwritten by the next replay.
+        if self.options.compile is None or self.device.type != "cuda" or batch % COMPILE_BUCKET == 0:
+            return self._forward(images, keep).clone()  # clone: CUDA-graph outputs are overwritten
+        pad = COMPILE_BUCKET - batch % COMPILE_BUCKET
+        images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
+        keep = torch.cat([keep, keep[-1:].expand(pad, -1)])
         return self._forward(images, keep)[:batch].clone()
 
     def _eager(self, images: Tensor, keep: Tensor) -> Tensor:
-        images = images.contiguous(memory_format=torch.channels_last)
-        gather_below = 0.0 if self.cuda or self.compile is not None else CPU_GATHER_BELOW
-        with autocast(self.device):
-            features = self.resnet.features(images, keep, gather_below=gather_below)
+        if self.options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
+            features = self.resnet.features(images, keep, gather_below=self.options.gather_below)
             return self.resnet.fc(features).argmax(1)

@@ -18,7 +18,7 @@ from torch import Tensor
 from .checkpoint import load_resnet
 from .data import LAYOUTS, SPLITS, load_cifar, random_crop_flip
 from .device import resolve_device
-from .inference import CompileMode, MaskedPredictor
+from .inference import PLAIN, CompileMode, ForwardOptions, MaskedPredictor
 from .resnet import CifarResNet
 from .reward import blockdrop_reward
 
@@ -106,6 +106,8 @@ class BlockDropTask:
             raise ValueError(f"penalty must be a finite number; got {penalty!r}")
         if dataset not in LAYOUTS:
             raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
+        if plain and compile:
+            raise ValueError("plain is the uncompiled reference forward: pass plain=True or compile, not both")
         self.device = resolve_device(device)
         self.split = split
         self.penalty = float(penalty)
@@ -123,7 +125,7 @@ class BlockDropTask:
                 checkpoint, depth, LAYOUTS[dataset].num_classes, self.device
             )
             self.resnet.requires_grad_(False)
-        self.predict = MaskedPredictor(self.resnet, plain=plain, compile=compile)
+        self.predict = MaskedPredictor(self.resnet, PLAIN if plain else ForwardOptions.for_device(self.device, compile))
 
     @property
     def num_images(self) -> int:

@@ -5,8 +5,8 @@ and the agreement of the optimised ResNet forward with the plain one.
     python -m experiments.bench --out results/bench/h200
 
 The reference is the plain fp32 eager masked ResNet-32 forward (images/s) at ``reference_batch``.
-Then: the env's ResNet forward (``blockdrop_env.inference``) eager, with gather/scatter of
-dropped blocks and compiled; the vector env's ``step`` (env steps/s) over batch sizes, eager and
+Then: the env's ResNet forward (``blockdrop_env.inference``) with its options added one at a time
+(bf16, channels_last, chunking, gather/scatter of dropped blocks, compilation); the vector env's ``step`` (env steps/s) over batch sizes, eager and
 compiled; the BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image
 epoch at that rate) and finetuning (steps/s); SB3 PPO through the adapter (env steps/s).
 Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
@@ -20,7 +20,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,9 +30,9 @@ from agents.baselines import FullPolicy, RandomK
 from agents.evaluation import evaluate, make_eval_env
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import make_algorithm
-from blockdrop_env.checkpoint import atomic_write_text, run_metadata
-from blockdrop_env.device import autocast, resolve_device
-from blockdrop_env.inference import CompileMode
+from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
+from blockdrop_env.device import resolve_device
+from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, MaskedPredictor
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
@@ -88,6 +88,33 @@ def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) ->
             return elapsed / calls
 
 
+def forward_variants(device: torch.device, compile: CompileMode | None) -> list[ForwardOptions]:
+    """The device's fastest forward built up one option at a time, then variations of it."""
+    best = ForwardOptions.for_device(device)
+    if device.type == "cuda":
+        variants = [replace(PLAIN, bf16=True), best, replace(best, gather_below=1.1)]
+    else:
+        variants = [
+            replace(PLAIN, chunk=best.chunk),
+            replace(best, gather_below=0.0),
+            best,
+            replace(best, chunk=None, gather_below=1.1),
+        ]
+    return variants + ([ForwardOptions.for_device(device, compile)] if compile else [])
+
+
+def describe(options: ForwardOptions) -> str:
+    parts = ["bf16" if options.bf16 else "fp32"]
+    parts += ["channels_last"] if options.channels_last else []
+    parts += [f"chunks of {options.chunk}"] if options.chunk else []
+    if options.gather_below > 1:
+        parts.append("gather/scatter of every partly kept block")
+    elif options.gather_below > 0:
+        parts.append(f"gather/scatter of blocks kept by < {options.gather_below:.0%}")
+    parts += [f"compiled ({options.compile})"] if options.compile else ["eager"]
+    return ", ".join(parts)
+
+
 def agreement(args: Args, variants: dict[str, dict]) -> list[dict]:
     """The test split through the plain forward and each optimised one, under the same actions."""
     common = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "device": args.device}
@@ -130,31 +157,22 @@ def main(args: Args) -> dict:
         with torch.no_grad():
             return ref_batch / timed(fn, device, args.min_seconds)
 
-    # The reference, then the env's forward on the same images and actions (60% of blocks kept).
+    # The reference, then the env's forward on the same images and actions (60% of blocks kept)
+    # under each option added in turn: what each one buys.
     env = BlockDropVectorEnv(num_envs=ref_batch, split="train", augment=False, plain=True, **common)
     images, _ = env.reset(seed=0)
     keep = torch.rand(ref_batch, env.num_blocks, device=device, generator=torch.Generator(device).manual_seed(0)) < 0.6
     reference = forward_rate(lambda: env.resnet(images, keep))
     record(f"reference: fp32 eager masked ResNet-32 forward, batch {ref_batch}", reference, "images/s", reference)
-    fast = BlockDropVectorEnv(num_envs=ref_batch, split="train", augment=False, **common).task
-    rate = forward_rate(lambda: fast.predict(images, keep))
-    record(
-        f"env forward, eager ({'bf16, channels_last' if cuda else 'chunked, gather/scatter'})", rate, "images/s", rate
-    )
-
-    def gathered() -> torch.Tensor:
-        with autocast(device):
-            return fast.resnet.features(images.contiguous(memory_format=torch.channels_last), keep, gather_below=1.1)
-
-    rate = forward_rate(gathered)
-    record("env forward, eager, gather/scatter of every partly kept block, unchunked", rate, "images/s", rate)
-    if args.compile is not None:
-        fast = BlockDropVectorEnv(num_envs=ref_batch, split="train", augment=False, compile=args.compile, **common).task
-        t0 = time.perf_counter()
-        fast.predict(images, keep)
-        record(f"compile time of the env forward ({args.compile})", time.perf_counter() - t0, "s", 0.0)
-        rate = forward_rate(lambda: fast.predict(images, keep))
-        record(f"env forward, {compiled}", rate, "images/s", rate)
+    for options in forward_variants(device, args.compile):
+        predict = MaskedPredictor(load_resnet(args.checkpoint, device=device)[0], options)
+        if options.compile:
+            t0 = time.perf_counter()
+            predict(images, keep)
+            record(f"compile time of the env forward ({options.compile})", time.perf_counter() - t0, "s", 0.0)
+        rate = forward_rate(lambda predict=predict: predict(images, keep))
+        default = " (the env's default)" if options == ForwardOptions.for_device(device) else ""
+        record(f"env forward: {describe(options)}{default}", rate, "images/s", rate)
 
     for batch, mode in [(b, None) for b in env_batches] + [(b, args.compile) for b in compiled_batches]:
         env = BlockDropVectorEnv(num_envs=batch, split="train", compile=mode, **common)

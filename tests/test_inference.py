@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from blockdrop_env import BlockDropVectorEnv
-from blockdrop_env.inference import CPU_CHUNK, MaskedPredictor
+from blockdrop_env.inference import PLAIN, ForwardOptions, MaskedPredictor
 from blockdrop_env.resnet import CifarResNet, resnet32
 from blockdrop_env.wrappers import CurriculumVectorWrapper
 
@@ -48,28 +48,37 @@ def test_gathered_features_equal_masked_features(gather_below):
         assert torch.allclose(model.features(images, keep, gather_below=gather_below), expected, atol=1e-4)
 
 
+CPU = ForwardOptions.for_device(torch.device("cpu"))
+
+
 def test_cpu_path_predicts_as_the_plain_path():
     model = trained_like(resnet32())
-    images, keep = random_batch(2 * CPU_CHUNK + 7)  # two full chunks and a ragged one
-    expected = MaskedPredictor(model, plain=True)(images, keep)
+    images, keep = random_batch(2 * CPU.chunk + 7)  # two full chunks and a ragged one
+    expected = MaskedPredictor(model, PLAIN)(images, keep)
     assert torch.equal(expected, model(images, keep).argmax(1))
+    assert CPU.channels_last and CPU.gather_below > 0 and MaskedPredictor(model).options == CPU
     assert torch.equal(MaskedPredictor(model)(images, keep), expected)
     assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_compiled_cpu_path_predicts_as_the_plain_path():
     model = trained_like(CifarResNet(blocks_per_stage=1))  # ResNet-8: compiles in seconds
-    images, keep = random_batch(CPU_CHUNK, k=3)
-    expected = MaskedPredictor(model, plain=True)(images, keep)
-    assert torch.equal(MaskedPredictor(model, compile="default")(images, keep), expected)
+    images, keep = random_batch(CPU.chunk, k=3)
+    expected = MaskedPredictor(model, PLAIN)(images, keep)
+    compiled = ForwardOptions.for_device(torch.device("cpu"), compile="default")
+    assert compiled.gather_below == 0
+    assert torch.equal(MaskedPredictor(model, compiled)(images, keep), expected)
 
 
-def test_bad_predictor_arguments_are_refused():
-    model = resnet32()
-    with pytest.raises(ValueError, match="plain"):
-        MaskedPredictor(model, plain=True, compile="default")
+def test_bad_forward_options_are_refused(env_kwargs):
     with pytest.raises(ValueError, match="compile must be"):
-        MaskedPredictor(model, compile="fastest")
+        ForwardOptions(compile="fastest")
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        ForwardOptions(gather_below=0.5, compile="default")
+    with pytest.raises(ValueError, match="chunk"):
+        ForwardOptions(chunk=0)
+    with pytest.raises(ValueError, match="plain"):
+        BlockDropVectorEnv(num_envs=2, plain=True, compile="default", **env_kwargs)
 
 
 def test_stacked_actions_score_as_separate_ones(env_kwargs):

@@ -1,6 +1,10 @@
 """Smoke runs of the experiment scripts, and exact resumption of agent training."""
 
 import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,8 +176,23 @@ def test_bench_smoke(tmp_path, env_kwargs):
     )
     rows = result["rows"]
     assert rows[0]["name"].startswith("reference") and rows[0]["ratio_to_reference"] == 1.0
-    assert len(rows) == 9 and all(r["value"] > 0 for r in rows)
+    assert len(rows) == 11 and all(r["value"] > 0 for r in rows)
+    assert sum("(the env's default)" in r["name"] for r in rows) == 1
     assert [(a["forward"], a["images"]) for a in result["agreement"]] == [("eager", 16)] * 2
     assert all(a["identical_rewards"] == 1.0 for a in result["agreement"])
     assert "| measurement |" in (tmp_path / "bench.md").read_text()
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows
+
+
+def test_device_run_packs_what_each_command_wrote_even_when_one_fails(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "experiments" / "device_run.sh"
+    out = tmp_path / "out"
+    commands = ["mkdir -p runs/a && echo 1 > runs/a/f", "mkdir -p results/b && echo 2 > results/b/g && exit 3"]
+    proc = subprocess.run(
+        ["bash", str(script), *commands], cwd=tmp_path, env={**os.environ, "OUT": str(out)}, capture_output=True
+    )
+    assert proc.returncode == 1
+    with tarfile.open(out / "results.tgz") as tar:
+        assert sorted(tar.getnames()) == ["results/b/g", "runs/a/f"]
+    log = (out / "log.txt").read_text()
+    assert log.count("=== took") == 2 and "=== failed: mkdir -p results/b" in log
