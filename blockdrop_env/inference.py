@@ -5,8 +5,8 @@ What each option buys is measured by ``experiments/bench.py`` (the reference the
 path); its agreement check runs both on the test split with the same actions.
 
 * CUDA: bf16 autocast and channels_last, optionally ``torch.compile`` (mode "max-autotune" adds
-  CUDA graphs). The masked form (every residual computed, then selected) needs no host
-  synchronisation, so a step never waits on the GPU.
+  CUDA graphs) or fused Triton kernels per residual block (``fused``). The masked form (every
+  residual computed, then selected) needs no host synchronisation, so a step never waits on the GPU.
 * CPU: fp32, channels_last, batches cut into chunks of 64 images (larger batches fall out of the
   cache: batch 512 ran at 0.41 of batch 256's rate), and blocks kept by few images run on those
   alone (gather/scatter; a host synchronisation costs nothing there).
@@ -42,8 +42,13 @@ class ForwardOptions:
     """Blocks kept by fewer than this fraction of a chunk run on their keepers alone (0: never)."""
     compile: CompileMode | None = None
     """A ``torch.compile`` mode, or None for eager."""
+    fused: bool = False
+    """Residual blocks as fused Triton kernels (``blockdrop_env.fused_blocks``; needs Triton,
+    which runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1``); eager, no gather/scatter."""
 
     def __post_init__(self) -> None:
+        if self.fused and (self.compile is not None or self.gather_below > 0):
+            raise ValueError("fused blocks skip dropped images themselves: no compile, no gather/scatter")
         if self.compile is not None and self.compile not in get_args(CompileMode):
             raise ValueError(f"compile must be None or one of {get_args(CompileMode)}; got {self.compile!r}")
         if self.compile is not None and self.gather_below > 0:
@@ -52,11 +57,15 @@ class ForwardOptions:
             raise ValueError(f"chunk must be a positive number of images or None; got {self.chunk}")
 
     @classmethod
-    def for_device(cls, device: torch.device, compile: CompileMode | None = None) -> ForwardOptions:
-        """The fastest measured options on ``device`` (see the module docstring)."""
+    def for_device(
+        cls, device: torch.device, compile: CompileMode | None = None, fused: bool = False
+    ) -> ForwardOptions:
+        """The fastest measured options on ``device`` (see the module docstring), compiled or
+        with fused blocks when asked."""
         if device.type == "cuda":
-            return cls(bf16=True, channels_last=True, compile=compile)
-        return cls(channels_last=True, chunk=64, gather_below=0.0 if compile else 0.8, compile=compile)
+            return cls(bf16=True, channels_last=True, compile=compile, fused=fused)
+        gather_below = 0.0 if compile or fused else 0.8
+        return cls(channels_last=True, chunk=64, gather_below=gather_below, compile=compile, fused=fused)
 
 
 PLAIN = ForwardOptions()
@@ -107,6 +116,11 @@ class MaskedPredictor:
     def _eager(self, images: Tensor, keep: Tensor) -> Tensor:
         if self.options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.options.fused:
+            from .fused_blocks import fused_features  # imports Triton: only when asked for
+
+            dtype = torch.bfloat16 if self.options.bf16 else torch.float32
+            return self.resnet.fc(fused_features(self.resnet, images, keep, dtype)).argmax(1)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
             features = self.resnet.features(images, keep, gather_below=self.options.gather_below)
             return self.resnet.fc(features).argmax(1)

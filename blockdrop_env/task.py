@@ -83,6 +83,7 @@ class BlockDropTask:
         compile: a ``torch.compile`` mode for the ResNet forward ("max-autotune-no-cudagraphs"
             is the fastest measured on an H200), or None (default) for eager: compiling takes a
             minute or more at the first step of each batch size.
+        fused: run the residual blocks as fused Triton kernels (CUDA; ``blockdrop_env.fused_blocks``).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class BlockDropTask:
         limit: int | None = None,
         plain: bool = False,
         compile: CompileMode | None = None,
+        fused: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
@@ -106,8 +108,8 @@ class BlockDropTask:
             raise ValueError(f"penalty must be a finite number; got {penalty!r}")
         if dataset not in LAYOUTS:
             raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
-        if plain and compile:
-            raise ValueError("plain is the uncompiled reference forward: pass plain=True or compile, not both")
+        if plain and (compile or fused):
+            raise ValueError("plain is the reference forward: pass plain=True, or compile/fused, not both")
         self.device = resolve_device(device)
         self.split = split
         self.penalty = float(penalty)
@@ -125,7 +127,9 @@ class BlockDropTask:
                 checkpoint, depth, LAYOUTS[dataset].num_classes, self.device
             )
             self.resnet.requires_grad_(False)
-        self.predict = MaskedPredictor(self.resnet, PLAIN if plain else ForwardOptions.for_device(self.device, compile))
+        self.predict = MaskedPredictor(
+            self.resnet, PLAIN if plain else ForwardOptions.for_device(self.device, compile, fused)
+        )
 
     @property
     def num_images(self) -> int:

@@ -6,9 +6,10 @@ and the agreement of the optimised ResNet forward with the plain one.
 
 The reference is the plain fp32 eager masked ResNet-32 forward (images/s) at ``reference_batch``.
 Then: the env's ResNet forward (``blockdrop_env.inference``) with its options added one at a time
-(bf16, channels_last, chunking, gather/scatter of dropped blocks, compilation); the vector env's ``step`` (env steps/s) over batch sizes, eager and
-compiled; the BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image
-epoch at that rate) and finetuning (steps/s); SB3 PPO through the adapter (env steps/s).
+(bf16, channels_last, chunking, gather/scatter of dropped blocks, compilation, fused Triton blocks
+on CUDA); the vector env's ``step`` (env steps/s) over batch sizes, eager and compiled; the
+BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image epoch at that
+rate) and finetuning (steps/s); SB3 PPO through the adapter (env steps/s).
 Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
 plain and each optimised forward: the share of identical rewards and the accuracy of each.
 Writes ``bench.json`` and ``bench.md``.
@@ -92,7 +93,7 @@ def forward_variants(device: torch.device, compile: CompileMode | None) -> list[
     """The device's fastest forward built up one option at a time, then variations of it."""
     best = ForwardOptions.for_device(device)
     if device.type == "cuda":
-        variants = [replace(PLAIN, bf16=True), best, replace(best, gather_below=1.1)]
+        variants = [replace(PLAIN, bf16=True), best, replace(best, gather_below=1.1), replace(best, fused=True)]
     else:
         variants = [
             replace(PLAIN, chunk=best.chunk),
@@ -111,6 +112,7 @@ def describe(options: ForwardOptions) -> str:
         parts.append("gather/scatter of every partly kept block")
     elif options.gather_below > 0:
         parts.append(f"gather/scatter of blocks kept by < {options.gather_below:.0%}")
+    parts += ["fused Triton blocks"] if options.fused else []
     parts += [f"compiled ({options.compile})"] if options.compile else ["eager"]
     return ", ".join(parts)
 
@@ -221,6 +223,7 @@ def main(args: Args) -> dict:
     record(f"SB3 PPO through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
 
     variants = {"eager": {}} | ({compiled: {"compile": args.compile}} if args.compile else {})
+    variants |= {"fused Triton blocks": {"fused": True}} if cuda else {}
     agree = agreement(args, variants)
     for r in rows:
         r["ratio_to_reference"] = r["images_per_s"] / reference

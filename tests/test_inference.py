@@ -1,6 +1,11 @@
 """The optimised ResNet forward against the plain one: gather/scatter blocks, chunking,
 channels_last, torch.compile (all on the CPU), and the scoring of stacked actions."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,6 +75,45 @@ def test_compiled_cpu_path_predicts_as_the_plain_path():
     assert torch.equal(MaskedPredictor(model, compiled)(images, keep), expected)
 
 
+FUSED_CHECK = """
+import torch
+from blockdrop_env.inference import PLAIN, ForwardOptions, MaskedPredictor
+from tests.test_inference import random_batch, trained_like
+from blockdrop_env.resnet import resnet32
+from blockdrop_env.fused_blocks import fused_features
+
+model = trained_like(resnet32())
+for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.2, 0.2)
+images, keep = random_batch(4)
+keep[0], keep[1] = True, False  # every block, no block, and two mixed
+expected = MaskedPredictor(model, PLAIN)(images, keep)
+fused = ForwardOptions.for_device(torch.device("cpu"), fused=True)
+assert fused.fused and fused.gather_below == 0
+assert torch.equal(MaskedPredictor(model, fused)(images, keep), expected)
+with torch.no_grad():
+    error = (fused_features(model, images, keep, torch.float32) - model.features(images, keep)).abs().max()
+assert error < 1e-4, error
+print("fused blocks agree", float(error))
+"""
+
+
+def test_fused_triton_blocks_compute_the_masked_forward():
+    """The Triton kernels on the CPU under Triton's interpreter, in fp32 (its bf16 dot is not exact)."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", FUSED_CHECK],
+        cwd=root,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and "fused blocks agree" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_bad_forward_options_are_refused(env_kwargs):
     with pytest.raises(ValueError, match="compile must be"):
         ForwardOptions(compile="fastest")
@@ -77,8 +121,12 @@ def test_bad_forward_options_are_refused(env_kwargs):
         ForwardOptions(gather_below=0.5, compile="default")
     with pytest.raises(ValueError, match="chunk"):
         ForwardOptions(chunk=0)
+    with pytest.raises(ValueError, match="no compile, no gather"):
+        ForwardOptions(fused=True, gather_below=0.5)
     with pytest.raises(ValueError, match="plain"):
         BlockDropVectorEnv(num_envs=2, plain=True, compile="default", **env_kwargs)
+    with pytest.raises(ValueError, match="plain"):
+        BlockDropVectorEnv(num_envs=2, plain=True, fused=True, **env_kwargs)
 
 
 def test_stacked_actions_score_as_separate_ones(env_kwargs):
