@@ -23,6 +23,7 @@ from torch import Tensor
 from .resnet import CifarResNet
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+FusedKernels = Literal["one", "two"]
 
 COMPILE_BUCKET = 1024
 """Compiled CUDA forwards pad the batch to a multiple of this, so that few shapes compile."""
@@ -42,11 +43,14 @@ class ForwardOptions:
     """Blocks kept by fewer than this fraction of a chunk run on their keepers alone (0: never)."""
     compile: CompileMode | None = None
     """A ``torch.compile`` mode, or None for eager."""
-    fused: bool = False
-    """Residual blocks as fused Triton kernels (``blockdrop_env.fused_blocks``; needs Triton,
-    which runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1``); eager, no gather/scatter."""
+    fused: FusedKernels | None = None
+    """Residual blocks as fused Triton kernels, "one" or "two" per block
+    (``blockdrop_env.fused_blocks``; Triton runs on CUDA, or on the CPU under
+    ``TRITON_INTERPRET=1``); None: torch operations."""
 
     def __post_init__(self) -> None:
+        if self.fused is not None and self.fused not in get_args(FusedKernels):
+            raise ValueError(f"fused must be None, 'one' or 'two'; got {self.fused!r}")
         if self.fused and (self.compile is not None or self.gather_below > 0):
             raise ValueError("fused blocks skip dropped images themselves: no compile, no gather/scatter")
         if self.compile is not None and self.compile not in get_args(CompileMode):
@@ -58,7 +62,7 @@ class ForwardOptions:
 
     @classmethod
     def for_device(
-        cls, device: torch.device, compile: CompileMode | None = None, fused: bool = False
+        cls, device: torch.device, compile: CompileMode | None = None, fused: FusedKernels | None = None
     ) -> ForwardOptions:
         """The fastest measured options on ``device`` (see the module docstring), compiled or
         with fused blocks when asked."""
@@ -120,7 +124,7 @@ class MaskedPredictor:
             from .fused_blocks import fused_features  # imports Triton: only when asked for
 
             dtype = torch.bfloat16 if self.options.bf16 else torch.float32
-            return self.resnet.fc(fused_features(self.resnet, images, keep, dtype)).argmax(1)
+            return self.resnet.fc(fused_features(self.resnet, images, keep, dtype, self.options.fused)).argmax(1)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
             features = self.resnet.features(images, keep, gather_below=self.options.gather_below)
             return self.resnet.fc(features).argmax(1)

@@ -18,7 +18,7 @@ from torch import Tensor
 from .checkpoint import load_resnet
 from .data import LAYOUTS, SPLITS, load_cifar, random_crop_flip
 from .device import resolve_device
-from .inference import PLAIN, CompileMode, ForwardOptions, MaskedPredictor
+from .inference import PLAIN, CompileMode, ForwardOptions, FusedKernels, MaskedPredictor
 from .resnet import CifarResNet
 from .reward import blockdrop_reward
 
@@ -83,7 +83,8 @@ class BlockDropTask:
         compile: a ``torch.compile`` mode for the ResNet forward ("max-autotune-no-cudagraphs"
             is the fastest measured on an H200), or None (default) for eager: compiling takes a
             minute or more at the first step of each batch size.
-        fused: run the residual blocks as fused Triton kernels (CUDA; ``blockdrop_env.fused_blocks``).
+        fused: run the residual blocks as fused Triton kernels, "one" or "two" per block (CUDA;
+            ``blockdrop_env.fused_blocks``), or None (default) as torch operations.
     """
 
     def __init__(
@@ -100,7 +101,7 @@ class BlockDropTask:
         limit: int | None = None,
         plain: bool = False,
         compile: CompileMode | None = None,
-        fused: bool = False,
+        fused: FusedKernels | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")

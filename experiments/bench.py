@@ -93,7 +93,8 @@ def forward_variants(device: torch.device, compile: CompileMode | None) -> list[
     """The device's fastest forward built up one option at a time, then variations of it."""
     best = ForwardOptions.for_device(device)
     if device.type == "cuda":
-        variants = [replace(PLAIN, bf16=True), best, replace(best, gather_below=1.1), replace(best, fused=True)]
+        variants = [replace(PLAIN, bf16=True), best, replace(best, gather_below=1.1)]
+        variants += [replace(best, fused="two"), replace(best, fused="one")]
     else:
         variants = [
             replace(PLAIN, chunk=best.chunk),
@@ -112,7 +113,7 @@ def describe(options: ForwardOptions) -> str:
         parts.append("gather/scatter of every partly kept block")
     elif options.gather_below > 0:
         parts.append(f"gather/scatter of blocks kept by < {options.gather_below:.0%}")
-    parts += ["fused Triton blocks"] if options.fused else []
+    parts += [f"fused Triton blocks ({options.fused} kernel(s) per block)"] if options.fused else []
     parts += [f"compiled ({options.compile})"] if options.compile else ["eager"]
     return ", ".join(parts)
 
@@ -223,7 +224,7 @@ def main(args: Args) -> dict:
     record(f"SB3 PPO through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
 
     variants = {"eager": {}} | ({compiled: {"compile": args.compile}} if args.compile else {})
-    variants |= {"fused Triton blocks": {"fused": True}} if cuda else {}
+    variants |= {f"fused Triton blocks ({k})": {"fused": k} for k in ("one", "two")} if cuda else {}
     agree = agreement(args, variants)
     for r in rows:
         r["ratio_to_reference"] = r["images_per_s"] / reference

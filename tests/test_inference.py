@@ -79,23 +79,25 @@ FUSED_CHECK = """
 import torch
 from blockdrop_env.inference import PLAIN, ForwardOptions, MaskedPredictor
 from tests.test_inference import random_batch, trained_like
-from blockdrop_env.resnet import resnet32
+from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.fused_blocks import fused_features
 
-model = trained_like(resnet32())
+model = trained_like(CifarResNet(blocks_per_stage=2))  # identity blocks and both stage changes
 for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
     bn.weight.data.uniform_(0.5, 1.5)
     bn.bias.data.uniform_(-0.2, 0.2)
-images, keep = random_batch(4)
+images, keep = random_batch(4, k=6)
 keep[0], keep[1] = True, False  # every block, no block, and two mixed
 expected = MaskedPredictor(model, PLAIN)(images, keep)
-fused = ForwardOptions.for_device(torch.device("cpu"), fused=True)
-assert fused.fused and fused.gather_below == 0
-assert torch.equal(MaskedPredictor(model, fused)(images, keep), expected)
-with torch.no_grad():
-    error = (fused_features(model, images, keep, torch.float32) - model.features(images, keep)).abs().max()
-assert error < 1e-4, error
-print("fused blocks agree", float(error))
+for kernels in ("one", "two"):
+    fused = ForwardOptions.for_device(torch.device("cpu"), fused=kernels)
+    assert fused.fused == kernels and fused.gather_below == 0
+    assert torch.equal(MaskedPredictor(model, fused)(images, keep), expected)
+    with torch.no_grad():
+        got = fused_features(model, images, keep, torch.float32, kernels)
+    error = (got - model.features(images, keep)).abs().max()
+    assert error < 1e-4, (kernels, error)
+print("fused blocks agree")
 """
 
 
@@ -122,11 +124,13 @@ def test_bad_forward_options_are_refused(env_kwargs):
     with pytest.raises(ValueError, match="chunk"):
         ForwardOptions(chunk=0)
     with pytest.raises(ValueError, match="no compile, no gather"):
-        ForwardOptions(fused=True, gather_below=0.5)
+        ForwardOptions(fused="one", gather_below=0.5)
+    with pytest.raises(ValueError, match="fused must be"):
+        ForwardOptions(fused="three")
     with pytest.raises(ValueError, match="plain"):
         BlockDropVectorEnv(num_envs=2, plain=True, compile="default", **env_kwargs)
     with pytest.raises(ValueError, match="plain"):
-        BlockDropVectorEnv(num_envs=2, plain=True, fused=True, **env_kwargs)
+        BlockDropVectorEnv(num_envs=2, plain=True, fused="one", **env_kwargs)
 
 
 def test_stacked_actions_score_as_separate_ones(env_kwargs):
