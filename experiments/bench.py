@@ -28,7 +28,7 @@ import torch
 import tyro
 
 from agents.baselines import FullPolicy, RandomK
-from agents.evaluation import evaluate, make_eval_env
+from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
@@ -118,25 +118,46 @@ def describe(options: ForwardOptions) -> str:
     return ", ".join(parts)
 
 
-def agreement(args: Args, variants: dict[str, dict]) -> list[dict]:
-    """The test split through the plain forward and each optimised one, under the same actions."""
+class Failures(list):
+    """Optional measurements (compiled, fused) that failed: kept with their error, so that one
+    broken path does not lose the other figures of a run."""
+
+    def attempt(self, name: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - reported in the output, never silently
+            self.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+            print(f"FAILED {self[-1]}", flush=True)
+
+
+def agreement(args: Args, variants: dict[str, dict], failures: Failures | None = None) -> list[dict]:
+    """The test split through the plain forward and each optimised one, under the same actions.
+    Variants other than "eager" that fail go to ``failures`` when given."""
     common = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "device": args.device}
-    rows = []
-    for action, make_policy in (("every block", FullPolicy), ("9 of 15 at random", lambda: RandomK(9, seed=0))):
+    policies = {"every block": FullPolicy, "9 of 15 at random": lambda: RandomK(9, seed=0)}
+    rows: list[dict] = []
+
+    def compare(action: str, plain: Evaluation, name: str, kwargs: dict) -> None:
+        fast = evaluate(make_eval_env(limit=args.agreement_limit, **kwargs, **common), policies[action]())
+        assert torch.equal(fast.keep, plain.keep)  # same actions: equal rewards iff equal correctness
+        rows.append(
+            {
+                "forward": name,
+                "actions": action,
+                "images": plain.num_images,
+                "identical_rewards": (fast.correct == plain.correct).double().mean().item(),
+                "accuracy_plain": plain.accuracy,
+                "accuracy": fast.accuracy,
+            }
+        )
+
+    for action, make_policy in policies.items():
         plain = evaluate(make_eval_env(limit=args.agreement_limit, plain=True, **common), make_policy())
         for name, kwargs in variants.items():
-            fast = evaluate(make_eval_env(limit=args.agreement_limit, **kwargs, **common), make_policy())
-            assert torch.equal(fast.keep, plain.keep)  # same actions, so equal rewards iff equal correctness
-            rows.append(
-                {
-                    "forward": name,
-                    "actions": action,
-                    "images": plain.num_images,
-                    "identical_rewards": (fast.correct == plain.correct).double().mean().item(),
-                    "accuracy_plain": plain.accuracy,
-                    "accuracy": fast.accuracy,
-                }
-            )
+            if kwargs and failures is not None:
+                failures.attempt(f"agreement of {name}, {action}", lambda: compare(action, plain, name, kwargs))  # noqa: B023 - called at once
+            else:
+                compare(action, plain, name, kwargs)
     return rows
 
 
@@ -167,27 +188,37 @@ def main(args: Args) -> dict:
     keep = torch.rand(ref_batch, env.num_blocks, device=device, generator=torch.Generator(device).manual_seed(0)) < 0.6
     reference = forward_rate(lambda: env.resnet(images, keep))
     record(f"reference: fp32 eager masked ResNet-32 forward, batch {ref_batch}", reference, "images/s", reference)
-    for options in forward_variants(device, args.compile):
+    failures = Failures()
+
+    def measure_forward(options: ForwardOptions) -> None:
         predict = MaskedPredictor(load_resnet(args.checkpoint, device=device)[0], options)
+        t0 = time.perf_counter()
+        predict(images, keep)  # compiles, when compiled
         if options.compile:
-            t0 = time.perf_counter()
-            predict(images, keep)
             record(f"compile time of the env forward ({options.compile})", time.perf_counter() - t0, "s", 0.0)
-        rate = forward_rate(lambda predict=predict: predict(images, keep))
+        rate = forward_rate(lambda: predict(images, keep))
         default = " (the env's default)" if options == ForwardOptions.for_device(device) else ""
         record(f"env forward: {describe(options)}{default}", rate, "images/s", rate)
 
-    for batch, mode in [(b, None) for b in env_batches] + [(b, args.compile) for b in compiled_batches]:
-        env = BlockDropVectorEnv(num_envs=batch, split="train", compile=mode, **common)
+    for options in forward_variants(device, args.compile):
+        if options.compile or options.fused:
+            failures.attempt(f"env forward: {describe(options)}", lambda options=options: measure_forward(options))
+        else:
+            measure_forward(options)
+
+    def measure_step(batch: int, how: str, **kwargs: object) -> None:
+        env = BlockDropVectorEnv(num_envs=batch, split="train", **kwargs, **common)
         env.reset(seed=0)
         keep = torch.rand(batch, env.num_blocks, device=device) < 0.6
-        seconds = timed(lambda env=env, keep=keep: env.step(keep), device, args.min_seconds)
-        record(
-            f"vector env step, batch {batch}{', ' + compiled if mode else ''}",
-            batch / seconds,
-            "env steps/s",
-            batch / seconds,
-        )
+        seconds = timed(lambda: env.step(keep), device, args.min_seconds)
+        record(f"vector env step, batch {batch}{how}", batch / seconds, "env steps/s", batch / seconds)
+
+    for batch in env_batches:
+        measure_step(batch, "")
+    for batch in compiled_batches:
+        failures.attempt(f"env step {compiled}", lambda b=batch: measure_step(b, f", {compiled}", compile=args.compile))
+    for batch in (compiled_batches or (8192,)) if cuda else ():  # Triton needs a GPU
+        failures.attempt("env step fused", lambda b=batch: measure_step(b, ", fused Triton blocks (one)", fused="one"))
 
     generator = torch.Generator(device).manual_seed(0)
 
@@ -200,10 +231,14 @@ def main(args: Args) -> dict:
             lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds
         )
 
-    for mode in (None, args.compile) if args.compile else (None,):
+    def measure_curriculum(mode: CompileMode | None) -> None:
         rate, how = curriculum_rate(mode), f", env and policy {compiled}" if mode else ""
         record(f"BlockDrop curriculum step, batch {agent_batch}{how}", rate, "images/s", rate)
         record(f"BlockDrop curriculum epoch of 50,000 images at that rate{how}", 50_000 / rate, "s", rate)
+
+    measure_curriculum(None)
+    if args.compile:
+        failures.attempt(f"curriculum step {compiled}", lambda: measure_curriculum(args.compile))
 
     agent = BlockDropAgent(device=device)
     env = BlockDropVectorEnv(num_envs=args.finetune_batch, split="train", penalty=-10.0, **common)
@@ -225,12 +260,13 @@ def main(args: Args) -> dict:
 
     variants = {"eager": {}} | ({compiled: {"compile": args.compile}} if args.compile else {})
     variants |= {f"fused Triton blocks ({k})": {"fused": k} for k in ("one", "two")} if cuda else {}
-    agree = agreement(args, variants)
+    agree = agreement(args, variants, failures)
     for r in rows:
         r["ratio_to_reference"] = r["images_per_s"] / reference
     result = {
         "rows": rows,
         "agreement": agree,
+        "failures": failures,
         "device": torch.cuda.get_device_name(device)
         if cuda
         else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -266,6 +302,8 @@ def main(args: Args) -> dict:
         f"{100 * (a['accuracy'] - a['accuracy_plain']):+.2f} points |"
         for a in agree
     ]
+    if failures:
+        lines += ["", "Failed (the rows above are unaffected):", ""] + [f"- {f}" for f in failures]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "bench.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.out / "bench.md", "\n".join(lines) + "\n")

@@ -33,7 +33,7 @@ from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import greedy_policy, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, run_metadata
-from blockdrop_env.inference import CompileMode
+from blockdrop_env.inference import CompileMode, FusedKernels
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
@@ -74,6 +74,9 @@ class Args:
     compile: CompileMode | None = None
     """torch.compile mode of the env's ResNet forward (every algorithm) and of the BlockDrop policy (on an H200:
     "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
+    fused: FusedKernels | None = None
+    """Fused Triton kernels for the env's residual blocks, "one" or "two" per block (CUDA; see
+    blockdrop_env.fused_blocks and results/bench); not with --compile."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -103,7 +106,9 @@ class Recorder:
 
 
 def make_envs(args: Args, seed: int):
-    common = dict(device=args.device, data_dir=args.data_dir, checkpoint=args.checkpoint, compile=args.compile)
+    common = dict(
+        device=args.device, data_dir=args.data_dir, checkpoint=args.checkpoint, compile=args.compile, fused=args.fused
+    )
     train = BlockDropVectorEnv(num_envs=args.num_envs, split="train", penalty=args.penalty, limit=args.limit, **common)
     train.reset(seed=seed)
     test = make_eval_env("test", limit=args.eval_limit, penalty=args.penalty, **common)

@@ -33,7 +33,7 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
-from blockdrop_env.inference import CompileMode
+from blockdrop_env.inference import CompileMode, FusedKernels
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 
@@ -89,6 +89,9 @@ class Args:
     compile: CompileMode | None = None
     """torch.compile mode of the env's ResNet forward and of the policy (on an H200:
     "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
+    fused: FusedKernels | None = None
+    """Fused Triton kernels for the env's residual blocks, "one" or "two" per block (CUDA; see
+    blockdrop_env.fused_blocks and results/bench); not with --compile."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -149,7 +152,14 @@ def main(args: Args) -> dict:
             resnet.load_state_dict(state["resnet"])
 
     # Every env shares the one ResNet: finetuning changes what all of them score with.
-    common = dict(device=device, data_dir=args.data_dir, checkpoint=resnet, limit=args.limit, compile=args.compile)
+    common = dict(
+        device=device,
+        data_dir=args.data_dir,
+        checkpoint=resnet,
+        limit=args.limit,
+        compile=args.compile,
+        fused=args.fused,
+    )
     test_env = make_eval_env("test", **common)
     plan = stages(args)
     total_epochs = sum(e for _, e in plan)

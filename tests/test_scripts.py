@@ -196,3 +196,17 @@ def test_device_run_packs_what_each_command_wrote_even_when_one_fails(tmp_path):
         assert sorted(tar.getnames()) == ["results/b/g", "runs/a/f"]
     log = (out / "log.txt").read_text()
     assert log.count("=== took") == 2 and "=== failed: mkdir -p results/b" in log
+
+
+def test_bench_records_a_failing_optional_path_and_keeps_the_rest(tmp_path, env_kwargs):
+    from experiments import bench
+
+    args = bench.Args(
+        device="cpu", out=tmp_path, data_dir=str(env_kwargs["data_dir"]), checkpoint=env_kwargs["checkpoint"]
+    )
+    failures = bench.Failures()
+    rows = bench.agreement(args, {"eager": {}, "broken": {"fused": "three"}}, failures)
+    assert [r["forward"] for r in rows] == ["eager", "eager"]
+    assert len(failures) == 2 and all("fused must be" in f for f in failures)
+    with pytest.raises(ValueError, match="fused must be"):  # without a Failures list, errors propagate
+        bench.agreement(args, {"broken": {"fused": "three"}})
