@@ -149,7 +149,8 @@ def make_optimizer(agent: BlockDropAgent, env: Any, config: ReinforceConfig) -> 
     resnet.requires_grad_(config.finetune)
     if config.finetune:
         params += list(resnet.parameters())
-    return torch.optim.Adam(params, lr=config.lr)
+    # fused: one kernel for the whole update on CUDA instead of a few per parameter group.
+    return torch.optim.Adam(params, lr=config.lr, fused=agent.device.type == "cuda")
 
 
 def save_agent(path: str | os.PathLike, agent: BlockDropAgent, **state: Any) -> None:

@@ -76,6 +76,9 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
     * ``download``: fetch CIFAR-10 with torchvision when it is not found (default False).
     * ``limit``: use only the first ``limit`` images of the split.
     * ``dataset``, ``depth``: another CIFAR variant or ResNet depth, with a matching checkpoint.
+    * ``plain``, ``compile``, ``fused``: how the ResNet forward runs (``blockdrop_env.inference``):
+      the plain fp32 reference, a ``torch.compile`` mode, or fused Triton blocks ("one"/"two");
+      by default the device's fastest eager forward.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
