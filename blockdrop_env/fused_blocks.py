@@ -91,7 +91,7 @@ def _second_half(h_ptr, w2_ptr, shift2_ptr, x_ptr, out_ptr, kept, image, p, H, W
 def _conv1_kernel(x_ptr, w1_ptr, shift1_ptr, keep_ptr, h_ptr, H, W, HO, WO, CIN: tl.constexpr,
                   COUT: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """Two-kernel form, first kernel: a program per (image, pixel tile); dropped images return."""
-    image = tl.program_id(0)
+    image = tl.program_id(0).to(tl.int64)  # offsets pass 2**31 past 131,072 images
     if tl.load(keep_ptr + image) != 0:
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         _first_half(x_ptr, w1_ptr, shift1_ptr, h_ptr, image, p, H, W, HO, WO, CIN, COUT, STRIDE, BLOCK_P)
@@ -101,7 +101,7 @@ def _conv1_kernel(x_ptr, w1_ptr, shift1_ptr, keep_ptr, h_ptr, H, W, HO, WO, CIN:
 def _conv2_kernel(h_ptr, w2_ptr, shift2_ptr, x_ptr, keep_ptr, out_ptr, H, W, HO, WO, CIN: tl.constexpr,
                   COUT: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """Two-kernel form, second kernel: a program per (image, pixel tile)."""
-    image = tl.program_id(0)
+    image = tl.program_id(0).to(tl.int64)  # offsets pass 2**31 past 131,072 images
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     kept = tl.load(keep_ptr + image) != 0
     _second_half(h_ptr, w2_ptr, shift2_ptr, x_ptr, out_ptr, kept, image, p, H, W, HO, WO, CIN, COUT, STRIDE, BLOCK_P)
@@ -112,7 +112,7 @@ def _block_kernel(x_ptr, w1_ptr, shift1_ptr, w2_ptr, shift2_ptr, keep_ptr, h_ptr
                   CIN: tl.constexpr, COUT: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """One-kernel form: a program per image runs both halves over its tiles; ``h`` goes through
     the caches between them (written and read back by the same program, after a barrier)."""
-    image = tl.program_id(0)
+    image = tl.program_id(0).to(tl.int64)  # offsets pass 2**31 past 131,072 images
     kept = tl.load(keep_ptr + image) != 0
     if kept:
         for tile in range(0, HO * WO // BLOCK_P):

@@ -25,9 +25,6 @@ from .resnet import CifarResNet
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 FusedKernels = Literal["one", "two"]
 
-COMPILE_BUCKET = 1024
-"""Compiled CUDA forwards pad the batch to a multiple of this, so that few shapes compile."""
-
 
 @dataclass(frozen=True)
 class ForwardOptions:
@@ -43,6 +40,9 @@ class ForwardOptions:
     """Blocks kept by fewer than this fraction of a chunk run on their keepers alone (0: never)."""
     compile: CompileMode | None = None
     """A ``torch.compile`` mode, or None for eager."""
+    pad_to: int | None = None
+    """Pad each batch (chunk) to a multiple of this many images, so that a compiled forward sees
+    few shapes (each new shape compiles anew); None: no padding."""
     fused: FusedKernels | None = None
     """Residual blocks as fused Triton kernels, "one" or "two" per block
     (``blockdrop_env.fused_blocks``; Triton runs on CUDA, or on the CPU under
@@ -57,8 +57,10 @@ class ForwardOptions:
             raise ValueError(f"compile must be None or one of {get_args(CompileMode)}; got {self.compile!r}")
         if self.compile is not None and self.gather_below > 0:
             raise ValueError("gather/scatter shapes depend on the data: it cannot be compiled (gather_below=0)")
-        if self.chunk is not None and self.chunk < 1:
-            raise ValueError(f"chunk must be a positive number of images or None; got {self.chunk}")
+        for name in ("chunk", "pad_to"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number of images or None; got {value}")
 
     @classmethod
     def for_device(
@@ -67,7 +69,7 @@ class ForwardOptions:
         """The fastest measured options on ``device`` (see the module docstring), compiled or
         with fused blocks when asked."""
         if device.type == "cuda":
-            return cls(bf16=True, channels_last=True, compile=compile, fused=fused)
+            return cls(bf16=True, channels_last=True, compile=compile, pad_to=1024 if compile else None, fused=fused)
         gather_below = 0.0 if compile or fused else 0.8
         return cls(channels_last=True, chunk=64, gather_below=gather_below, compile=compile, fused=fused)
 
@@ -85,7 +87,7 @@ class MaskedPredictor:
             values).
         options: how to run it; default: :meth:`ForwardOptions.for_device`. A compiled forward
             compiles at the first call of each batch shape (on CUDA batches are padded to a
-            multiple of ``COMPILE_BUCKET``), so nothing is compiled twice.
+            multiple of 1024 images: ``pad_to``), so nothing is compiled twice.
     """
 
     def __init__(self, resnet: CifarResNet, options: ForwardOptions | None = None) -> None:
@@ -109,13 +111,14 @@ class MaskedPredictor:
         return self._padded(images, keep)
 
     def _padded(self, images: Tensor, keep: Tensor) -> Tensor:
-        batch = len(images)
-        if self.options.compile is None or self.device.type != "cuda" or batch % COMPILE_BUCKET == 0:
-            return self._forward(images, keep).clone()  # clone: CUDA-graph outputs are overwritten
-        pad = COMPILE_BUCKET - batch % COMPILE_BUCKET
-        images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
-        keep = torch.cat([keep, keep[-1:].expand(pad, -1)])
-        return self._forward(images, keep)[:batch].clone()
+        batch, pad_to = len(images), self.options.pad_to
+        pad = 0 if pad_to is None else -batch % pad_to
+        if pad:
+            images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
+            keep = torch.cat([keep, keep[-1:].expand(pad, -1)])
+        predictions = self._forward(images, keep)[:batch]
+        # CUDA-graph outputs are overwritten by the next replay.
+        return predictions if self.options.compile is None else predictions.clone()
 
     def _eager(self, images: Tensor, keep: Tensor) -> Tensor:
         if self.options.channels_last:

@@ -4,6 +4,7 @@ channels_last, torch.compile (all on the CPU), and the scoring of stacked action
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,10 @@ def test_compiled_cpu_path_predicts_as_the_plain_path():
     compiled = ForwardOptions.for_device(torch.device("cpu"), compile="default")
     assert compiled.gather_below == 0
     assert torch.equal(MaskedPredictor(model, compiled)(images, keep), expected)
+    # Padding a ragged batch (as compiled CUDA forwards do) gives the same predictions, one shape.
+    padded = MaskedPredictor(model, replace(compiled, pad_to=CPU.chunk))
+    assert torch.equal(padded(images[:-5], keep[:-5]), expected[:-5])
+    assert torch.equal(padded(images[:3], keep[:3]), expected[:3])
 
 
 FUSED_CHECK = """
@@ -123,6 +128,8 @@ def test_bad_forward_options_are_refused(env_kwargs):
         ForwardOptions(gather_below=0.5, compile="default")
     with pytest.raises(ValueError, match="chunk"):
         ForwardOptions(chunk=0)
+    with pytest.raises(ValueError, match="pad_to"):
+        ForwardOptions(pad_to=-8)
     with pytest.raises(ValueError, match="no compile, no gather"):
         ForwardOptions(fused="one", gather_below=0.5)
     with pytest.raises(ValueError, match="fused must be"):
