@@ -16,7 +16,7 @@ GEMM: nine ``tl.dot`` of a tile of pixels x input channels by the tap's input x 
 weights, accumulated in fp32. The stem, pooling and classifier stay in torch.
 
 CUDA in practice; the tests run the kernels on the CPU under Triton's interpreter
-(``TRITON_INTERPRET=1``, fp32 only: its bf16 dot is not exact). Whether either form beats cuDNN
+(``TRITON_INTERPRET=1``, fp32 only: its half-precision dot is not exact). Whether either form beats cuDNN
 and ``torch.compile`` is for ``experiments/bench.py`` on a GPU to say.
 """
 
@@ -169,7 +169,7 @@ def fused_features(
     resnet: CifarResNet,
     images: Tensor,
     keep: Tensor,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype = torch.float16,
     kernels: FusedKernels = "one",
 ) -> Tensor:
     """``resnet.features(images, keep)`` with every residual block run by :func:`fused_block`,

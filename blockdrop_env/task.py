@@ -85,6 +85,8 @@ class BlockDropTask:
             minute or more at the first step of each batch size.
         fused: run the residual blocks as fused Triton kernels, "one" or "two" per block (CUDA;
             ``blockdrop_env.fused_blocks``), or None (default) as torch operations.
+        forward: every option of the forward at once (precision, chunking, ...); instead of
+            ``plain``, ``compile`` and ``fused``.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class BlockDropTask:
         plain: bool = False,
         compile: CompileMode | None = None,
         fused: FusedKernels | None = None,
+        forward: ForwardOptions | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
@@ -109,8 +112,8 @@ class BlockDropTask:
             raise ValueError(f"penalty must be a finite number; got {penalty!r}")
         if dataset not in LAYOUTS:
             raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
-        if plain and (compile or fused):
-            raise ValueError("plain is the reference forward: pass plain=True, or compile/fused, not both")
+        if sum(map(bool, (plain, compile or fused, forward))) > 1:
+            raise ValueError("pass one of plain=True (the reference), compile/fused, or forward=ForwardOptions(...)")
         self.device = resolve_device(device)
         self.split = split
         self.penalty = float(penalty)
@@ -129,7 +132,7 @@ class BlockDropTask:
             )
             self.resnet.requires_grad_(False)
         self.predict = MaskedPredictor(
-            self.resnet, PLAIN if plain else ForwardOptions.for_device(self.device, compile, fused)
+            self.resnet, forward or (PLAIN if plain else ForwardOptions.for_device(self.device, compile, fused))
         )
 
     @property

@@ -6,7 +6,7 @@ and the agreement of the optimised ResNet forward with the plain one.
 
 The reference is the plain fp32 eager masked ResNet-32 forward (images/s) at ``reference_batch``.
 Then: the env's ResNet forward (``blockdrop_env.inference``) with its options added one at a time
-(bf16, channels_last, chunking, gather/scatter of dropped blocks, compilation, fused Triton blocks
+(half precision, channels_last, chunking, gather/scatter of dropped blocks, compilation, fused Triton blocks
 on CUDA); the vector env's ``step`` (env steps/s) over batch sizes, eager and compiled; the
 BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image epoch at that
 rate) and finetuning (steps/s); SB3 PPO through the adapter (env steps/s).
@@ -93,7 +93,8 @@ def forward_variants(device: torch.device, compile: CompileMode | None) -> list[
     """The device's fastest forward built up one option at a time, then variations of it."""
     best = ForwardOptions.for_device(device)
     if device.type == "cuda":
-        variants = [replace(PLAIN, bf16=True), best, replace(best, gather_below=1.1)]
+        variants = [replace(PLAIN, dtype="bfloat16"), replace(PLAIN, dtype="float16"), best]
+        variants += [replace(best, dtype="bfloat16"), replace(best, gather_below=1.1)]
         variants += [replace(best, fused="two"), replace(best, fused="one")]
     else:
         variants = [
@@ -105,8 +106,9 @@ def forward_variants(device: torch.device, compile: CompileMode | None) -> list[
     return variants + ([ForwardOptions.for_device(device, compile)] if compile else [])
 
 
-def describe(options: ForwardOptions) -> str:
-    parts = ["bf16" if options.bf16 else "fp32"]
+def describe(options: ForwardOptions, device: torch.device) -> str:
+    """The options in words, marking the device's default."""
+    parts = [{"float32": "fp32", "float16": "fp16 autocast", "bfloat16": "bf16 autocast"}[options.dtype]]
     parts += ["channels_last"] if options.channels_last else []
     parts += [f"chunks of {options.chunk}"] if options.chunk else []
     if options.gather_below > 1:
@@ -115,7 +117,8 @@ def describe(options: ForwardOptions) -> str:
         parts.append(f"gather/scatter of blocks kept by < {options.gather_below:.0%}")
     parts += [f"fused Triton blocks ({options.fused} kernel(s) per block)"] if options.fused else []
     parts += [f"compiled ({options.compile})"] if options.compile else ["eager"]
-    return ", ".join(parts)
+    default = " (the env's default)" if options == ForwardOptions.for_device(device) else ""
+    return ", ".join(parts) + default
 
 
 class Failures(list):
@@ -130,19 +133,20 @@ class Failures(list):
             print(f"FAILED {self[-1]}", flush=True)
 
 
-def agreement(args: Args, variants: dict[str, dict], failures: Failures | None = None) -> list[dict]:
-    """The test split through the plain forward and each optimised one, under the same actions.
-    Variants other than "eager" that fail go to ``failures`` when given."""
-    common = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "device": args.device}
+def agreement(args: Args, variants: list[ForwardOptions], failures: Failures | None = None) -> list[dict]:
+    """The test split through the plain forward and each of ``variants``, under the same actions.
+    Variants other than the device's default that fail go to ``failures`` when given."""
+    device = resolve_device(args.device)
+    common = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "device": device}
     policies = {"every block": FullPolicy, "9 of 15 at random": lambda: RandomK(9, seed=0)}
     rows: list[dict] = []
 
-    def compare(action: str, plain: Evaluation, name: str, kwargs: dict) -> None:
-        fast = evaluate(make_eval_env(limit=args.agreement_limit, **kwargs, **common), policies[action]())
+    def compare(action: str, plain: Evaluation, options: ForwardOptions) -> None:
+        fast = evaluate(make_eval_env(limit=args.agreement_limit, forward=options, **common), policies[action]())
         assert torch.equal(fast.keep, plain.keep)  # same actions: equal rewards iff equal correctness
         rows.append(
             {
-                "forward": name,
+                "forward": describe(options, device),
                 "actions": action,
                 "images": plain.num_images,
                 "identical_rewards": (fast.correct == plain.correct).double().mean().item(),
@@ -153,11 +157,12 @@ def agreement(args: Args, variants: dict[str, dict], failures: Failures | None =
 
     for action, make_policy in policies.items():
         plain = evaluate(make_eval_env(limit=args.agreement_limit, plain=True, **common), make_policy())
-        for name, kwargs in variants.items():
-            if kwargs and failures is not None:
-                failures.attempt(f"agreement of {name}, {action}", lambda: compare(action, plain, name, kwargs))  # noqa: B023 - called at once
+        for options in variants:
+            if options != ForwardOptions.for_device(device) and failures is not None:
+                name = f"agreement of {describe(options, device)}, {action}"
+                failures.attempt(name, lambda: compare(action, plain, options))  # noqa: B023 - called at once
             else:
-                compare(action, plain, name, kwargs)
+                compare(action, plain, options)
     return rows
 
 
@@ -197,12 +202,11 @@ def main(args: Args) -> dict:
         if options.compile:
             record(f"compile time of the env forward ({options.compile})", time.perf_counter() - t0, "s", 0.0)
         rate = forward_rate(lambda: predict(images, keep))
-        default = " (the env's default)" if options == ForwardOptions.for_device(device) else ""
-        record(f"env forward: {describe(options)}{default}", rate, "images/s", rate)
+        record(f"env forward: {describe(options, device)}", rate, "images/s", rate)
 
     for options in forward_variants(device, args.compile):
         if options.compile or options.fused:
-            failures.attempt(f"env forward: {describe(options)}", lambda options=options: measure_forward(options))
+            failures.attempt(f"env forward: {describe(options, device)}", lambda o=options: measure_forward(o))
         else:
             measure_forward(options)
 
@@ -258,8 +262,11 @@ def main(args: Args) -> dict:
     rate = ppo_steps / (time.perf_counter() - t0)
     record(f"SB3 PPO through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
 
-    variants = {"eager": {}} | ({compiled: {"compile": args.compile}} if args.compile else {})
-    variants |= {f"fused Triton blocks ({k})": {"fused": k} for k in ("one", "two")} if cuda else {}
+    default = ForwardOptions.for_device(device)
+    variants = [default, replace(default, dtype="bfloat16")]
+    variants += [replace(default, dtype="float16")] if not cuda else []
+    variants += [ForwardOptions.for_device(device, args.compile)] if args.compile else []
+    variants += [ForwardOptions.for_device(device, fused=k) for k in ("one", "two")] if cuda else []
     agree = agreement(args, variants, failures)
     for r in rows:
         r["ratio_to_reference"] = r["images_per_s"] / reference

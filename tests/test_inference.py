@@ -169,8 +169,9 @@ def test_optimised_cpu_forward_agrees_with_fp32_on_the_test_split(tmp_path):
     """The issue's bar: >= 99.8% identical rewards and accuracy within 0.1 point, same actions."""
     from experiments.bench import Args, agreement
 
-    rows = agreement(Args(device="cpu", out=tmp_path), {"eager": {}})
-    assert {r["actions"] for r in rows} == {"every block", "9 of 15 at random"}
+    rows = agreement(Args(device="cpu", out=tmp_path), [CPU])
+    assert [r["actions"] for r in rows] == ["every block", "9 of 15 at random"]
+    assert all(r["forward"].endswith("(the env's default)") for r in rows)
     for r in rows:
         assert r["images"] == 10_000
         assert r["identical_rewards"] >= 0.998
