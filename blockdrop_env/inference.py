@@ -8,8 +8,8 @@ path); its agreement check runs both on the test split with the same actions.
   CUDA graphs) or fused Triton kernels per residual block (``fused``). The masked form (every
   residual computed, then selected) needs no host synchronisation, so a step never waits on the GPU.
   fp16 rather than bf16: the same tensor-core rate, and three more mantissa bits keep the
-  predictions those of the fp32 network (bf16 autocast changed the correctness of about 0.2% of
-  test images, fp16 of about 0.03%: the agreement check of ``experiments/bench.py``).
+  rewards those of the fp32 network (on the CPU check of ``experiments/bench.py``, bf16 autocast
+  changed 0.15-0.16% of the test rewards, fp16 0.01-0.03%; results/bench/cpu).
 * CPU: fp32, channels_last, batches cut into chunks of 64 images (larger batches fall out of the
   cache: batch 512 ran at 0.41 of batch 256's rate), and blocks kept by few images run on those
   alone (gather/scatter; a host synchronisation costs nothing there).

@@ -6,11 +6,15 @@
 #
 #   bash experiments/device_run.sh 'python -m experiments.bench --out results/bench/h200' ...
 #
-# Prepare here first, from the project root:
-#   ../shared/tools/device-wheels tyro docstring-parser shtab typeguard rich typing-extensions
+# Prepare here first, from the project root (1.1 MB of wheels; CIFAR-10 in three ~45 MB parts):
+#   ../shared/tools/device-wheels tyro docstring-parser typeguard typing-extensions
 #   ../shared/tools/device-data-pack
 # then send .device-data/part1 and part2 in two short runs (command: bash experiments/device_run.sh),
-# and part3 with .whl in the run that does the work. Unpack here with: tar xzf results.tgz
+# and part3 with .whl in the run that does the work, e.g.
+#   bash experiments/device_run.sh \
+#     'python3 -m experiments.pretrain_resnet --epochs 60 --batch-size 256 --lr 0.2 --out runs/pretrain/resnet32_cifar10_h200.pt' \
+#     'python3 -m experiments.bench --checkpoint runs/pretrain/resnet32_cifar10_h200.pt --compile default --out results/bench/h200'
+# Unpack what comes back here with: tar xzf results.tgz
 set -euo pipefail
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT" /tmp/dd
