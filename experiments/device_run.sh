@@ -12,6 +12,7 @@
 # then send .device-data/part1 and part2 in two short runs (command: bash experiments/device_run.sh),
 # and part3 with .whl in the run that does the work, e.g.
 #   bash experiments/device_run.sh \
+#     'python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py' \
 #     'python3 -m experiments.pretrain_resnet --epochs 60 --batch-size 256 --lr 0.2 --out runs/pretrain/resnet32_cifar10_h200.pt' \
 #     'python3 -m experiments.bench --checkpoint runs/pretrain/resnet32_cifar10_h200.pt --compile default --out results/bench/h200'
 # Unpack what comes back here with: tar xzf results.tgz
