@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import autocast
-
 # Per-channel statistics of the CIFAR-10 train split, in [0, 1] units (BLOCKDROP.md).
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -183,12 +181,12 @@ def resnet32(num_classes: int = 10) -> CifarResNet:
 
 @torch.no_grad()
 def predict(model: CifarResNet, images: Tensor, keep: Tensor | None = None, batch_size: int = 1000) -> Tensor:
-    """Predicted classes (N,) of ``images`` under ``keep`` (N, K), in batches, on the model's device."""
+    """Predicted classes (N,) of ``images`` under ``keep`` (N, K), in batches, on the model's device,
+    in fp32 (the accuracy a checkpoint records is that of the network itself)."""
     device = next(model.parameters()).device
     preds = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
         k = None if keep is None else keep[start : start + batch_size].to(device)
-        with autocast(device):
-            preds.append(model(x, k).argmax(1))
+        preds.append(model(x, k).argmax(1))
     return torch.cat(preds)
