@@ -76,7 +76,7 @@ class Args:
     "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
     fused: FusedKernels | None = None
     """Fused Triton kernels for the env's residual blocks, "one" or "two" per block (CUDA; see
-    blockdrop_env.fused_blocks and results/bench); not with --compile."""
+    blockdrop_env.fused_blocks and results/bench); then --compile compiles the policy alone."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -107,7 +107,11 @@ class Recorder:
 
 def make_envs(args: Args, seed: int):
     common = dict(
-        device=args.device, data_dir=args.data_dir, checkpoint=args.checkpoint, compile=args.compile, fused=args.fused
+        device=args.device,
+        data_dir=args.data_dir,
+        checkpoint=args.checkpoint,
+        compile=None if args.fused else args.compile,
+        fused=args.fused,
     )
     train = BlockDropVectorEnv(num_envs=args.num_envs, split="train", penalty=args.penalty, limit=args.limit, **common)
     train.reset(seed=seed)

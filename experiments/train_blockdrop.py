@@ -91,7 +91,7 @@ class Args:
     "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
     fused: FusedKernels | None = None
     """Fused Triton kernels for the env's residual blocks, "one" or "two" per block (CUDA; see
-    blockdrop_env.fused_blocks and results/bench); not with --compile."""
+    blockdrop_env.fused_blocks and results/bench); then --compile compiles the policy alone."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -157,7 +157,7 @@ def main(args: Args) -> dict:
         data_dir=args.data_dir,
         checkpoint=resnet,
         limit=args.limit,
-        compile=args.compile,
+        compile=None if args.fused else args.compile,
         fused=args.fused,
     )
     test_env = make_eval_env("test", **common)
