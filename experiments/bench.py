@@ -226,23 +226,23 @@ def main(args: Args) -> dict:
 
     generator = torch.Generator(device).manual_seed(0)
 
-    def curriculum_rate(mode: CompileMode | None) -> float:
-        env = CurriculumVectorWrapper(BlockDropVectorEnv(agent_batch, split="train", compile=mode, **common), 15)
+    def measure_curriculum(how: str, policy_compile: CompileMode | None = None, **env_kwargs: object) -> None:
+        env = CurriculumVectorWrapper(BlockDropVectorEnv(agent_batch, split="train", **env_kwargs, **common), 15)
         env.reset(seed=0)
-        agent, config = BlockDropAgent(device=device, compile=mode), ReinforceConfig()
+        agent, config = BlockDropAgent(device=device, compile=policy_compile), ReinforceConfig()
         optimizer = make_optimizer(agent, env, config)
-        return agent_batch / timed(
-            lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds
-        )
-
-    def measure_curriculum(mode: CompileMode | None) -> None:
-        rate, how = curriculum_rate(mode), f", env and policy {compiled}" if mode else ""
+        seconds = timed(lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds)
+        rate = agent_batch / seconds
         record(f"BlockDrop curriculum step, batch {agent_batch}{how}", rate, "images/s", rate)
         record(f"BlockDrop curriculum epoch of 50,000 images at that rate{how}", 50_000 / rate, "s", rate)
 
-    measure_curriculum(None)
+    measure_curriculum("")
     if args.compile:
-        failures.attempt(f"curriculum step {compiled}", lambda: measure_curriculum(args.compile))
+        how = f", env and policy {compiled}"
+        failures.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, compile=args.compile))
+    if cuda:
+        how = ", env fused (one)" + (f", policy {compiled}" if args.compile else "")
+        failures.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, fused="one"))
 
     agent = BlockDropAgent(device=device)
     env = BlockDropVectorEnv(num_envs=args.finetune_batch, split="train", penalty=-10.0, **common)
