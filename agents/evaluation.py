@@ -45,7 +45,7 @@ def make_eval_env(
     **kwargs,
 ) -> BlockDropVectorEnv:
     """A vector env that walks ``split`` without augmentation, ``batch_size`` images at a time
-    (default: 1000 on CUDA, 256 on the CPU, where larger batches run slower: results/bench/cpu);
+    (default: 1000 on CUDA, 256 on the CPU, where the forward runs in chunks of 64 anyway);
     fewer when the split, or its first ``limit`` images, is smaller."""
     if batch_size is None:
         batch_size = 1000 if resolve_device(kwargs.get("device", "auto")).type == "cuda" else 256
