@@ -32,7 +32,8 @@ from .inference import FusedKernels
 from .resnet import BasicBlock, CifarResNet
 
 BLOCK_P = 64
-"""Pixels per tile; the 8 x 8 maps of the last stage are one tile."""
+"""Pixels per tile; the 8 x 8 maps of the last stage are one tile. Untuned, as is NUM_WARPS."""
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -133,17 +134,25 @@ def _folded(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype)
     return weight.to(dtype).contiguous(), (bn.bias - bn.running_mean * scale).float().contiguous()
 
 
-def fused_block(block: BasicBlock, x: Tensor, keep: Tensor, kernels: FusedKernels = "one") -> Tensor:
+def fused_block(
+    block: BasicBlock,
+    x: Tensor,
+    keep: Tensor,
+    kernels: FusedKernels = "one",
+    block_pixels: int = BLOCK_P,
+    num_warps: int = NUM_WARPS,
+) -> Tensor:
     """``block(x, keep)`` by fused kernels; ``x`` is (B, C, H, W) channels_last.
 
     ``kernels``: "one" kernel per block (a program per image, ``h`` stays in the caches) or "two"
-    (a program per image tile, ``h`` goes through memory between them).
+    (a program per image tile, ``h`` goes through memory between them). ``block_pixels`` (a power
+    of two, at least 16) and ``num_warps`` are the tuning knobs.
     """
     conv1, bn1, _, conv2, bn2 = block.residual
     batch, cin, height, width = x.shape
     cout, stride = conv2.out_channels, conv1.stride[0]
     ho, wo = height // stride, width // stride
-    block_p = min(BLOCK_P, ho * wo)
+    block_p = min(block_pixels, ho * wo)
     if (ho * wo) % block_p:
         raise ValueError(f"fused blocks need maps of a multiple of {block_p} pixels; got {ho} x {wo}")
     x = x.contiguous(memory_format=torch.channels_last)
@@ -154,11 +163,11 @@ def fused_block(block: BasicBlock, x: Tensor, keep: Tensor, kernels: FusedKernel
     out = torch.empty_like(h)
     sizes = (height, width, ho, wo, cin, cout, stride, block_p)
     if kernels == "one":
-        _block_kernel[(batch,)](x, w1, shift1, w2, shift2, keep, h, out, *sizes)
+        _block_kernel[(batch,)](x, w1, shift1, w2, shift2, keep, h, out, *sizes, num_warps=num_warps)
     elif kernels == "two":
         grid = (batch, ho * wo // block_p)
-        _conv1_kernel[grid](x, w1, shift1, keep, h, *sizes)
-        _conv2_kernel[grid](h, w2, shift2, x, keep, out, *sizes)
+        _conv1_kernel[grid](x, w1, shift1, keep, h, *sizes, num_warps=num_warps)
+        _conv2_kernel[grid](h, w2, shift2, x, keep, out, *sizes, num_warps=num_warps)
     else:
         raise ValueError(f"kernels must be 'one' or 'two'; got {kernels!r}")
     return out

@@ -85,7 +85,7 @@ import torch
 from blockdrop_env.inference import PLAIN, ForwardOptions, MaskedPredictor
 from tests.test_inference import random_batch, trained_like
 from blockdrop_env.resnet import CifarResNet
-from blockdrop_env.fused_blocks import fused_features
+from blockdrop_env.fused_blocks import fused_block, fused_features
 
 model = trained_like(CifarResNet(blocks_per_stage=2))  # identity blocks and both stage changes
 for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -102,6 +102,10 @@ for kernels in ("one", "two"):
         got = fused_features(model, images, keep, torch.float32, kernels)
     error = (got - model.features(images, keep)).abs().max()
     assert error < 1e-4, (kernels, error)
+x = torch.rand(3, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+with torch.no_grad():  # smaller tiles: more of them per image
+    got = fused_block(model.blocks[0], x, keep[:3, 0], "one", block_pixels=32)
+    assert torch.allclose(got, model.blocks[0](x, keep[:3, 0]), atol=1e-5)
 print("fused blocks agree")
 """
 
