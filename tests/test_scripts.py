@@ -169,6 +169,7 @@ def test_bench_smoke(tmp_path, env_kwargs):
             finetune_batch=4,
             min_seconds=0.01,
             ppo_steps=32,
+            epoch_images=20,
             compile=None,  # the compiled path is checked in tests/test_inference.py
             out=tmp_path,
             data_dir=str(env_kwargs["data_dir"]),
