@@ -124,14 +124,15 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         forward, its rewards in ``info["baseline_reward"]`` (a self-critical agent's greedy
         action: one forward of 2 x num_envs images instead of two).
         """
+        images = self._require_images()
+        labels = self.task.labels[self._indices]
+        keep = self._check(actions)
         if baseline is None:
-            out = self.evaluate(actions)
+            out = self.task.outcome(images, labels, keep)
         else:
-            images = self._require_images()
-            keep = torch.stack([self._check(actions), self._check(baseline)])
-            both = self.task.outcome(images, self.task.labels[self._indices], keep)
+            both = self.task.outcome(images, labels, torch.stack([keep, self._check(baseline)]))
             out = Outcome(*(field[0] for field in both))
-        info: dict[str, Any] = out.info(self.task.labels[self._indices])
+        info: dict[str, Any] = out.info(labels)
         if baseline is not None:
             info["baseline_reward"] = both.reward[1]
         info["index"] = self._indices
