@@ -12,7 +12,7 @@ import torch
 
 from blockdrop_env.checkpoint import save_resnet
 from blockdrop_env.data import find_dataset
-from blockdrop_env.resnet import predict, resnet32
+from blockdrop_env.resnet import CifarResNet, predict, resnet32
 
 PER_BATCH = 16
 
@@ -70,15 +70,22 @@ def real_data_available() -> bool:
 requires_real_data = pytest.mark.skipif(not real_data_available(), reason="real CIFAR-10 not found")
 
 
+def trained_like(model: CifarResNet, seed: int | None = None) -> CifarResNet:
+    """``model`` in eval mode with non-trivial BN statistics, so that every block changes the
+    output; drawn from the global RNG, or from a generator seeded with ``seed``."""
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2, generator=generator)
+            mod.running_var.uniform_(0.5, 1.5, generator=generator)
+    return model.eval()
+
+
 def synthetic_learnable(folder, n: int = 256):
     """Random images labelled by a random ResNet-32's full prediction: keeping every block is
     always right, and a policy can learn which blocks may go."""
     torch.manual_seed(0)
-    model = resnet32().eval()
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
+    model = trained_like(resnet32())
     save_resnet(folder / "r32.pt", model)
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
     labels = predict(model, images).tolist()

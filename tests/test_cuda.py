@@ -12,7 +12,8 @@ from blockdrop_env import BlockDropVectorEnv
 from blockdrop_env.resnet import resnet32
 from blockdrop_env.wrappers import CurriculumVectorWrapper
 
-from .test_inference import random_batch, trained_like
+from .conftest import trained_like
+from .test_inference import random_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -41,7 +42,7 @@ def test_env_and_agent_steps_never_wait_on_the_gpu(env_kwargs, fused):
 def test_fused_blocks_in_fp16_match_the_fp32_forward(kernels):
     from blockdrop_env.fused_blocks import fused_features
 
-    model = trained_like(resnet32()).cuda()
+    model = trained_like(resnet32(), seed=0).cuda()
     for seed in range(3):  # fresh inputs each time: a race shows as an error that moves
         images, keep = (t.cuda() for t in random_batch(512, seed=seed))
         keep[0], keep[1] = True, False

@@ -15,17 +15,7 @@ from blockdrop_env.inference import PLAIN, ForwardOptions, MaskedPredictor
 from blockdrop_env.resnet import CifarResNet, resnet32
 from blockdrop_env.wrappers import CurriculumVectorWrapper
 
-from .conftest import requires_real_data
-
-
-def trained_like(model: CifarResNet) -> CifarResNet:
-    """Non-trivial BN statistics, so that every block changes the output."""
-    torch.manual_seed(0)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+from .conftest import requires_real_data, trained_like
 
 
 def random_batch(n: int, k: int = 15, keep_rate: float = 0.6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +26,7 @@ def random_batch(n: int, k: int = 15, keep_rate: float = 0.6, seed: int = 0) -> 
 
 @pytest.mark.parametrize("pattern", ["none", "all", "some"])
 def test_gathered_block_equals_masked_block(pattern):
-    block = trained_like(resnet32()).blocks[5]  # stride 2, 16 -> 32 channels: the shortcut pads
+    block = trained_like(resnet32(), seed=0).blocks[5]  # stride 2, 16 -> 32 channels: the shortcut pads
     x = torch.rand(6, 16, 32, 32)
     keep = {"none": torch.zeros(6), "all": torch.ones(6), "some": torch.tensor([1, 0, 0, 1, 1, 0])}[pattern].bool()
     with torch.no_grad():
@@ -45,7 +35,7 @@ def test_gathered_block_equals_masked_block(pattern):
 
 @pytest.mark.parametrize("gather_below", [0.5, 1.1])
 def test_gathered_features_equal_masked_features(gather_below):
-    model = trained_like(resnet32())
+    model = trained_like(resnet32(), seed=0)
     images, keep = random_batch(12)
     keep[:, 0] = True  # a block every image keeps and one none keeps take the short ways
     keep[:, 1] = False
@@ -58,7 +48,7 @@ CPU = ForwardOptions.for_device(torch.device("cpu"))
 
 
 def test_cpu_path_predicts_as_the_plain_path():
-    model = trained_like(resnet32())
+    model = trained_like(resnet32(), seed=0)
     images, keep = random_batch(2 * CPU.chunk + 7)  # two full chunks and a ragged one
     expected = MaskedPredictor(model, PLAIN)(images, keep)
     assert torch.equal(expected, model(images, keep).argmax(1))
@@ -68,7 +58,7 @@ def test_cpu_path_predicts_as_the_plain_path():
 
 
 def test_compiled_cpu_path_predicts_as_the_plain_path():
-    model = trained_like(CifarResNet(blocks_per_stage=1))  # ResNet-8: compiles in seconds
+    model = trained_like(CifarResNet(blocks_per_stage=1), seed=0)  # ResNet-8: compiles in seconds
     images, keep = random_batch(CPU.chunk, k=3)
     expected = MaskedPredictor(model, PLAIN)(images, keep)
     compiled = ForwardOptions.for_device(torch.device("cpu"), compile="default")
@@ -83,11 +73,12 @@ def test_compiled_cpu_path_predicts_as_the_plain_path():
 FUSED_CHECK = """
 import torch
 from blockdrop_env.inference import PLAIN, ForwardOptions, MaskedPredictor
-from tests.test_inference import random_batch, trained_like
+from tests.conftest import trained_like
+from tests.test_inference import random_batch
 from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.fused_blocks import fused_block, fused_features
 
-model = trained_like(CifarResNet(blocks_per_stage=2))  # identity blocks and both stage changes
+model = trained_like(CifarResNet(blocks_per_stage=2), seed=0)  # identity blocks and both stage changes
 for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
     bn.weight.data.uniform_(0.5, 1.5)
     bn.bias.data.uniform_(-0.2, 0.2)

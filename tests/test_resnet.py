@@ -5,17 +5,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from blockdrop_env.resnet import CifarResNet, resnet32
 
+from .conftest import trained_like
+
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = resnet32()
-    # Non-trivial BN statistics so that dropping a block changes the output.
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    return m.eval()
+    return trained_like(resnet32())  # non-trivial BN statistics: dropping a block changes the output
 
 
 @pytest.fixture(scope="module")
