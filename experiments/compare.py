@@ -33,15 +33,15 @@ from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import greedy_policy, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, run_metadata
-from blockdrop_env.inference import CompileMode, FusedKernels
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
+from experiments.forward_args import ForwardArgs
 from experiments.plotting import save_plot
 
 
 @dataclass
-class Args:
+class Args(ForwardArgs):
     algorithms: tuple[str, ...] = ("blockdrop", "ppo", "a2c", "trpo")
     """Algorithms to run: blockdrop (the paper's agent), ppo, a2c, trpo."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -71,12 +71,6 @@ class Args:
     """ResNet checkpoint; default: the shipped one."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
-    compile: CompileMode | None = None
-    """torch.compile mode of the env's ResNet forward (every algorithm) and of the BlockDrop policy (on an H200:
-    "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
-    fused: FusedKernels | None = None
-    """Fused Triton kernels for the env's residual blocks, "one" or "two" per block (CUDA; see
-    blockdrop_env.fused_blocks and results/bench); then --compile compiles the policy alone."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -110,8 +104,7 @@ def make_envs(args: Args, seed: int):
         device=args.device,
         data_dir=args.data_dir,
         checkpoint=args.checkpoint,
-        compile=None if args.fused else args.compile,
-        fused=args.fused,
+        **args.env_forward(),
     )
     train = BlockDropVectorEnv(num_envs=args.num_envs, split="train", penalty=args.penalty, limit=args.limit, **common)
     train.reset(seed=seed)

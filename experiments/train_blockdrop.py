@@ -33,13 +33,13 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
-from blockdrop_env.inference import CompileMode, FusedKernels
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
+from experiments.forward_args import ForwardArgs
 
 
 @dataclass
-class Args:
+class Args(ForwardArgs):
     stage: Literal["both", "curriculum", "finetune"] = "both"
     """Curriculum learning then joint finetuning, or either alone."""
     curriculum_epochs: int = 5000
@@ -86,12 +86,6 @@ class Args:
     """Seed of the initialisation, the image draws, augmentation and action sampling."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
-    compile: CompileMode | None = None
-    """torch.compile mode of the env's ResNet forward and of the policy (on an H200:
-    "max-autotune-no-cudagraphs"); compiling costs a minute or more per batch size."""
-    fused: FusedKernels | None = None
-    """Fused Triton kernels for the env's residual blocks, "one" or "two" per block (CUDA; see
-    blockdrop_env.fused_blocks and results/bench); then --compile compiles the policy alone."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
 
@@ -157,8 +151,7 @@ def main(args: Args) -> dict:
         data_dir=args.data_dir,
         checkpoint=resnet,
         limit=args.limit,
-        compile=None if args.fused else args.compile,
-        fused=args.fused,
+        **args.env_forward(),
     )
     test_env = make_eval_env("test", **common)
     plan = stages(args)

@@ -216,3 +216,10 @@ def test_bench_records_a_failing_optional_path_and_keeps_the_rest(tmp_path, env_
     assert len(failures) == 2 and all("fused Triton blocks" in f for f in failures), failures
     with pytest.raises(Exception):  # noqa: B017 - without a Failures list, whatever it raises propagates
         bench.agreement(args, [on_gpu_only])
+
+
+def test_fused_env_blocks_take_precedence_over_compiling_the_env_forward():
+    from experiments.forward_args import ForwardArgs
+
+    assert ForwardArgs(compile="default").env_forward() == {"compile": "default", "fused": None}
+    assert ForwardArgs(compile="default", fused="one").env_forward() == {"compile": None, "fused": "one"}
