@@ -12,7 +12,9 @@ BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image 
 rate) and finetuning (steps/s); SB3 PPO through the adapter (env steps/s).
 Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
 plain and each optimised forward: the share of identical rewards and the accuracy of each.
-Writes ``bench.json`` and ``bench.md``.
+``--sections`` picks and orders what is measured after the reference.
+Writes ``bench.json`` and ``bench.md``, rewritten after every figure: a run cut off (the GPU
+machine's time limit) keeps the figures it finished, marked incomplete.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import tyro
@@ -39,11 +42,15 @@ from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
 
+Section = Literal["forward", "step", "curriculum", "finetune", "ppo", "agreement"]
+
 
 @dataclass
 class Args:
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
+    sections: tuple[Section, ...] = ("forward", "step", "curriculum", "finetune", "ppo", "agreement")
+    """What to measure after the reference, in this order (a time-boxed run can do the cheap ones first)."""
     reference_batch: int | None = None
     """Batch of the reference forward; default 8192 on CUDA, 256 on the CPU."""
     env_batches: tuple[int, ...] | None = None
@@ -66,7 +73,7 @@ class Args:
     agreement_limit: int | None = None
     """Test images of the agreement check (default: all 10,000)."""
     out: Path = Path("results/bench/cpu")
-    """Folder for bench.json and bench.md."""
+    """Folder for bench.json and bench.md (rewritten after every figure, so a run cut off keeps its figures)."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
     checkpoint: Path | None = None
@@ -126,7 +133,11 @@ def describe(options: ForwardOptions, device: torch.device) -> str:
 
 class Failures(list):
     """Optional measurements (compiled, fused) that failed: kept with their error, so that one
-    broken path does not lose the other figures of a run."""
+    broken path does not lose the other figures of a run. ``on_failure`` is called after each."""
+
+    def __init__(self, on_failure: Callable[[], object] | None = None) -> None:
+        super().__init__()
+        self.on_failure = on_failure
 
     def attempt(self, name: str, fn: Callable[[], object]) -> None:
         try:
@@ -134,11 +145,19 @@ class Failures(list):
         except Exception as e:  # noqa: BLE001 - reported in the output, never silently
             self.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
             print(f"FAILED {self[-1]}", flush=True)
+            if self.on_failure is not None:
+                self.on_failure()
 
 
-def agreement(args: Args, variants: list[ForwardOptions], failures: Failures | None = None) -> list[dict]:
+def agreement(
+    args: Args,
+    variants: list[ForwardOptions],
+    failures: Failures | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """The test split through the plain forward and each of ``variants``, under the same actions.
-    Variants other than the device's default that fail go to ``failures`` when given."""
+    Variants other than the device's default that fail go to ``failures`` when given; ``on_row`` sees
+    each row as it is measured."""
     device = resolve_device(args.device)
     common = {"data_dir": args.data_dir, "checkpoint": args.checkpoint, "device": device}
     policies = {"every block": FullPolicy, "9 of 15 at random": lambda: RandomK(9, seed=0)}
@@ -157,6 +176,8 @@ def agreement(args: Args, variants: list[ForwardOptions], failures: Failures | N
                 "accuracy": fast.accuracy,
             }
         )
+        if on_row is not None:
+            on_row(rows[-1])
 
     for action, make_policy in policies.items():
         plain = evaluate(make_eval_env(limit=args.agreement_limit, plain=True, **common), make_policy())
@@ -167,6 +188,103 @@ def agreement(args: Args, variants: list[ForwardOptions], failures: Failures | N
             else:
                 compare(action, plain, options)
     return rows
+
+
+class Report:
+    """The figures of a run, as rows with their ratio to the first (the reference). Every change
+    rewrites ``bench.json`` and ``bench.md``: a run cut off (the GPU machine's time limit) keeps what
+    it measured, marked incomplete."""
+
+    def __init__(self, args: Args, device: torch.device) -> None:
+        self.out, self.device = args.out, device
+        self.rows: list[dict] = []
+        self.agreement: list[dict] = []
+        self.failures = Failures(on_failure=self.save)
+        cuda = device.type == "cuda"
+        self.header = {
+            "device": torch.cuda.get_device_name(device)
+            if cuda
+            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            "torch": torch.__version__,
+            "args": {k: str(v) for k, v in asdict(args).items()},
+            **run_metadata(),
+        }
+
+    def record(self, name: str, value: float, unit: str, per_image: float) -> None:
+        """One figure; ``per_image`` (images/s, 0 when it has none) gives its ratio to the reference."""
+        reference = self.rows[0]["images_per_s"] if self.rows else per_image
+        self.rows.append(
+            {
+                "name": name,
+                "value": value,
+                "unit": unit,
+                "images_per_s": per_image,
+                "ratio_to_reference": per_image / reference,
+            }
+        )
+        print(f"{name}: {value:,.2f} {unit}", flush=True)
+        self.save()
+
+    def add_agreement(self, row: dict) -> None:
+        self.agreement.append(row)
+        self.save()
+
+    def attempt(self, name: str, fn: Callable[[], object]) -> None:
+        """Run an optional measurement; a failure is recorded (and saved) and the run goes on."""
+        self.failures.attempt(name, fn)
+
+    def result(self, complete: bool = False) -> dict:
+        cuda = self.device.type == "cuda"
+        return {
+            "complete": complete,
+            "rows": self.rows,
+            "agreement": self.agreement,
+            "failures": self.failures,
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else None,
+            **self.header,
+        }
+
+    def save(self, complete: bool = False) -> dict:
+        result = self.result(complete)
+        atomic_write_text(self.out / "bench.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(self.out / "bench.md", markdown(result) + "\n")
+        return result
+
+
+def markdown(result: dict) -> str:
+    """The report as Markdown tables."""
+    lines = [
+        f"Device: {result['device']}; torch {result['torch']}; {result['date']}; commit {result['git_commit'][:10]}",
+        "",
+    ]
+    if not result["complete"]:
+        lines += ["**Incomplete: the run stopped before its end; the figures below are the ones it finished.**", ""]
+    lines += ["| measurement | value | unit | ratio to reference (images/s) |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['name']} | {r['value']:,.2f} | {r['unit']} | {r['ratio_to_reference']:.2f} |"
+        if r["images_per_s"]
+        else f"| {r['name']} | {r['value']:,.2f} | {r['unit']} | |"
+        for r in result["rows"]
+    ]
+    if result["peak_gpu_memory_gib"] is not None:
+        lines += ["", f"Peak GPU memory: {result['peak_gpu_memory_gib']:.2f} GiB"]
+    if result["agreement"]:
+        lines += [
+            "",
+            "Agreement with the plain fp32 forward on the test split, same actions:",
+            "",
+            "| forward | actions | images | identical rewards (%) | plain accuracy (%) | accuracy (%) | difference |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a['forward']} | {a['actions']} | {a['images']:,} | {100 * a['identical_rewards']:.2f} | "
+            f"{100 * a['accuracy_plain']:.2f} | {100 * a['accuracy']:.2f} | "
+            f"{100 * (a['accuracy'] - a['accuracy_plain']):+.2f} points |"
+            for a in result["agreement"]
+        ]
+    if result["failures"]:
+        lines += ["", "Failed (the rows above are unaffected):", ""] + [f"- {f}" for f in result["failures"]]
+    return "\n".join(lines)
 
 
 def main(args: Args) -> dict:
@@ -180,11 +298,8 @@ def main(args: Args) -> dict:
     epoch_images = args.epoch_images or (50_000 if cuda else 10_000)
     common = {"device": device, "data_dir": args.data_dir, "checkpoint": args.checkpoint}
     compiled = f"compiled ({args.compile})"
-    rows: list[dict] = []
-
-    def record(name: str, value: float, unit: str, per_image: float) -> None:
-        rows.append({"name": name, "value": value, "unit": unit, "images_per_s": per_image})
-        print(f"{name}: {value:,.2f} {unit}", flush=True)
+    report = Report(args, device)
+    record = report.record
 
     def forward_rate(fn: Callable[[], object]) -> float:
         with torch.no_grad():
@@ -197,7 +312,6 @@ def main(args: Args) -> dict:
     keep = torch.rand(ref_batch, env.num_blocks, device=device, generator=torch.Generator(device).manual_seed(0)) < 0.6
     reference = forward_rate(lambda: env.resnet(images, keep))
     record(f"reference: fp32 eager masked ResNet-32 forward, batch {ref_batch}", reference, "images/s", reference)
-    failures = Failures()
 
     def measure_forward(options: ForwardOptions) -> None:
         predict = MaskedPredictor(load_resnet(args.checkpoint, device=device)[0], options)
@@ -208,25 +322,12 @@ def main(args: Args) -> dict:
         rate = forward_rate(lambda: predict(images, keep))
         record(f"env forward: {describe(options, device)}", rate, "images/s", rate)
 
-    for options in forward_variants(device, args.compile):
-        if options.compile or options.fused:
-            failures.attempt(f"env forward: {describe(options, device)}", lambda o=options: measure_forward(o))
-        else:
-            measure_forward(options)
-
     def measure_step(batch: int, how: str, **kwargs: object) -> None:
         env = BlockDropVectorEnv(num_envs=batch, split="train", **kwargs, **common)
         env.reset(seed=0)
         keep = torch.rand(batch, env.num_blocks, device=device) < 0.6
         seconds = timed(lambda: env.step(keep), device, args.min_seconds)
         record(f"vector env step, batch {batch}{how}", batch / seconds, "env steps/s", batch / seconds)
-
-    for batch in env_batches:
-        measure_step(batch, "")
-    for batch in compiled_batches:
-        failures.attempt(f"env step {compiled}", lambda b=batch: measure_step(b, f", {compiled}", compile=args.compile))
-    for batch in (compiled_batches or (8192,)) if cuda else ():  # Triton needs a GPU
-        failures.attempt("env step fused", lambda b=batch: measure_step(b, ", fused Triton blocks (one)", fused="one"))
 
     generator = torch.Generator(device).manual_seed(0)
 
@@ -247,85 +348,74 @@ def main(args: Args) -> dict:
         images = steps * agent_batch
         record(f"BlockDrop curriculum epoch of {images:,} images, timed{how}", seconds, "s", images / seconds)
 
-    measure_curriculum("")
-    if args.compile:
-        how = f", env and policy {compiled}"
-        failures.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, compile=args.compile))
-    if cuda:
-        how = ", env fused (one)" + (f", policy {compiled}" if args.compile else "")
-        failures.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, fused="one"))
+    def measure_finetune() -> None:
+        agent = BlockDropAgent(device=device)
+        env = BlockDropVectorEnv(num_envs=args.finetune_batch, split="train", penalty=-10.0, **common)
+        env.reset(seed=0)
+        config = ReinforceConfig(lr=1e-4, beta=0.0, finetune=True)
+        optimizer = make_optimizer(agent, env, config)
+        seconds = timed(lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds)
+        name = f"BlockDrop finetuning step, batch {args.finetune_batch}"
+        record(name, 1 / seconds, "steps/s", args.finetune_batch / seconds)
 
-    agent = BlockDropAgent(device=device)
-    env = BlockDropVectorEnv(num_envs=args.finetune_batch, split="train", penalty=-10.0, **common)
-    env.reset(seed=0)
-    config = ReinforceConfig(lr=1e-4, beta=0.0, finetune=True)
-    optimizer = make_optimizer(agent, env, config)
-    seconds = timed(lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds)
-    record(
-        f"BlockDrop finetuning step, batch {args.finetune_batch}", 1 / seconds, "steps/s", args.finetune_batch / seconds
-    )
+    def measure_ppo() -> None:
+        env = BlockDropVectorEnv(num_envs=agent_batch, split="train", **common)
+        model = make_algorithm("ppo", SB3VecEnv(env), seed=0, device=device)
+        model.learn(agent_batch * 4)  # warm-up
+        t0 = time.perf_counter()
+        model.learn(ppo_steps)
+        rate = ppo_steps / (time.perf_counter() - t0)
+        record(f"SB3 PPO through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
 
-    env = BlockDropVectorEnv(num_envs=agent_batch, split="train", **common)
-    model = make_algorithm("ppo", SB3VecEnv(env), seed=0, device=device)
-    model.learn(agent_batch * 4)  # warm-up
-    t0 = time.perf_counter()
-    model.learn(ppo_steps)
-    rate = ppo_steps / (time.perf_counter() - t0)
-    record(f"SB3 PPO through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
+    def forward_section() -> None:
+        for options in forward_variants(device, args.compile):
+            if options.compile or options.fused:
+                report.attempt(f"env forward: {describe(options, device)}", lambda o=options: measure_forward(o))
+            else:
+                measure_forward(options)
 
-    default = ForwardOptions.for_device(device)
-    variants = [default, replace(default, dtype="bfloat16")]
-    variants += [replace(default, dtype="float16")] if not cuda else []
-    variants += [ForwardOptions.for_device(device, args.compile)] if args.compile else []
-    variants += [ForwardOptions.for_device(device, fused=k) for k in ("one", "two")] if cuda else []
-    agree = agreement(args, variants, failures)
-    for r in rows:
-        r["ratio_to_reference"] = r["images_per_s"] / reference
-    result = {
-        "rows": rows,
-        "agreement": agree,
-        "failures": failures,
-        "device": torch.cuda.get_device_name(device)
-        if cuda
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-        "torch": torch.__version__,
-        "args": {k: str(v) for k, v in asdict(args).items()},
-        **run_metadata(),
+    def step_section() -> None:
+        for batch in env_batches:
+            measure_step(batch, "")
+        for batch in compiled_batches:
+            report.attempt(
+                f"env step {compiled}", lambda b=batch: measure_step(b, f", {compiled}", compile=args.compile)
+            )
+        for batch in (compiled_batches or (8192,)) if cuda else ():  # Triton needs a GPU
+            report.attempt(
+                "env step fused", lambda b=batch: measure_step(b, ", fused Triton blocks (one)", fused="one")
+            )
+
+    def curriculum_section() -> None:
+        measure_curriculum("")
+        if args.compile:
+            how = f", env and policy {compiled}"
+            report.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, compile=args.compile))
+        if cuda:
+            how = ", env fused (one)" + (f", policy {compiled}" if args.compile else "")
+            report.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, fused="one"))
+
+    def agreement_section() -> None:
+        default = ForwardOptions.for_device(device)
+        variants = [default, replace(default, dtype="bfloat16")]
+        variants += [replace(default, dtype="float16")] if not cuda else []
+        variants += [ForwardOptions.for_device(device, args.compile)] if args.compile else []
+        variants += [ForwardOptions.for_device(device, fused=k) for k in ("one", "two")] if cuda else []
+        agreement(args, variants, report.failures, on_row=report.add_agreement)
+
+    sections: dict[str, Callable[[], None]] = {
+        "forward": forward_section,
+        "step": step_section,
+        "curriculum": curriculum_section,
+        "finetune": measure_finetune,
+        "ppo": measure_ppo,
+        "agreement": agreement_section,
     }
-    lines = [
-        f"Device: {result['device']}; torch {torch.__version__}; {result['date']}; commit {result['git_commit'][:10]}",
-        "",
-        "| measurement | value | unit | ratio to reference (images/s) |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['name']} | {r['value']:,.2f} | {r['unit']} | {r['ratio_to_reference']:.2f} |"
-        if r["images_per_s"]
-        else f"| {r['name']} | {r['value']:,.2f} | {r['unit']} | |"
-        for r in rows
-    ]
-    if cuda:
-        lines += ["", f"Peak GPU memory: {result['peak_gpu_memory_gib']:.2f} GiB"]
-    lines += [
-        "",
-        "Agreement with the plain fp32 forward on the test split, same actions:",
-        "",
-        "| forward | actions | images | identical rewards (%) | plain accuracy (%) | accuracy (%) | difference |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {a['forward']} | {a['actions']} | {a['images']:,} | {100 * a['identical_rewards']:.2f} | "
-        f"{100 * a['accuracy_plain']:.2f} | {100 * a['accuracy']:.2f} | "
-        f"{100 * (a['accuracy'] - a['accuracy_plain']):+.2f} points |"
-        for a in agree
-    ]
-    if failures:
-        lines += ["", "Failed (the rows above are unaffected):", ""] + [f"- {f}" for f in failures]
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "bench.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "bench.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for section in args.sections:
+        sections[section]()
+
+    result = report.save(complete=True)
+    print(markdown(result))
     return result
 
 

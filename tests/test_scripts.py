@@ -185,7 +185,38 @@ def test_bench_smoke(tmp_path, env_kwargs):
     assert all(a["images"] == 16 for a in agreement)
     assert all(a["identical_rewards"] == 1.0 for a in agreement if a["forward"].endswith("(the env's default)"))
     assert "| measurement |" in (tmp_path / "bench.md").read_text()
-    assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows
+    assert "Incomplete" not in (tmp_path / "bench.md").read_text()
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["rows"] == rows and saved["complete"] is True
+
+
+def test_bench_run_cut_off_keeps_the_figures_it_finished(tmp_path, env_kwargs, monkeypatch):
+    from experiments import bench
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a time limit looks like from inside
+
+    monkeypatch.setattr(bench, "make_algorithm", killed)
+    args = bench.Args(
+        device="cpu",
+        sections=("finetune", "ppo", "agreement"),
+        reference_batch=8,
+        finetune_batch=4,
+        min_seconds=0.01,
+        out=tmp_path,
+        data_dir=str(env_kwargs["data_dir"]),
+        checkpoint=env_kwargs["checkpoint"],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(args)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["complete"] is False and saved["agreement"] == []
+    assert [r["name"].split(",")[0] for r in saved["rows"]] == [
+        "reference: fp32 eager masked ResNet-32 forward",
+        "BlockDrop finetuning step",
+    ]
+    assert saved["rows"][1]["ratio_to_reference"] == saved["rows"][1]["images_per_s"] / saved["rows"][0]["value"]
+    assert "Incomplete" in (tmp_path / "bench.md").read_text()
 
 
 def test_device_run_packs_what_each_command_wrote_even_when_one_fails(tmp_path):
@@ -208,12 +239,14 @@ def test_bench_records_a_failing_optional_path_and_keeps_the_rest(tmp_path, env_
     args = bench.Args(
         device="cpu", out=tmp_path, data_dir=str(env_kwargs["data_dir"]), checkpoint=env_kwargs["checkpoint"]
     )
-    failures = bench.Failures()
+    saved, seen = [], []
+    failures = bench.Failures(on_failure=lambda: saved.append(len(failures)))
     default = ForwardOptions.for_device(torch.device("cpu"))
     on_gpu_only = ForwardOptions.for_device(torch.device("cpu"), fused="one")  # Triton finds no GPU here
-    rows = bench.agreement(args, [default, on_gpu_only], failures)
-    assert [r["forward"] for r in rows] == [bench.describe(default, torch.device("cpu"))] * 2
+    rows = bench.agreement(args, [default, on_gpu_only], failures, on_row=seen.append)
+    assert [r["forward"] for r in rows] == [bench.describe(default, torch.device("cpu"))] * 2 and seen == rows
     assert len(failures) == 2 and all("fused Triton blocks" in f for f in failures), failures
+    assert saved == [1, 2]  # each failure reported as it happened
     with pytest.raises(Exception):  # noqa: B017 - without a Failures list, whatever it raises propagates
         bench.agreement(args, [on_gpu_only])
 
