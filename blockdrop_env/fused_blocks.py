@@ -22,6 +22,8 @@ and ``torch.compile`` is for ``experiments/bench.py`` on a GPU to say.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -127,11 +129,28 @@ def _block_kernel(x_ptr, w1_ptr, shift1_ptr, w2_ptr, shift2_ptr, keep_ptr, h_ptr
         )
 
 
+_FOLDS: weakref.WeakKeyDictionary[torch.nn.Conv2d, tuple[tuple, tuple[Tensor, Tensor]]] = weakref.WeakKeyDictionary()
+
+
 def _folded(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Eval-mode batch norm folded into the convolution: (9, C_in, C_out) weights and a shift."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    weight = (conv.weight * scale[:, None, None, None]).permute(2, 3, 1, 0).reshape(9, conv.in_channels, -1)
-    return weight.to(dtype).contiguous(), (bn.bias - bn.running_mean * scale).float().contiguous()
+    """Eval-mode batch norm folded into the convolution: (9, C_in, C_out) weights and a shift.
+
+    Cached per convolution, so a frozen ResNet folds once instead of at every forward (about six
+    small kernels per convolution). The key holds each tensor's version counter, which every in-place
+    change moves (optimiser steps, ``load_state_dict``, batch-norm statistics in training), so a
+    changed tensor is folded afresh (inference tensors have no counter: never cached)."""
+    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    versions = ((id(t), t.data_ptr(), object() if t.is_inference() else t._version) for t in tensors)
+    key = (dtype, bn.eps, *versions)
+    cached = _FOLDS.get(conv)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        weight = (conv.weight * scale[:, None, None, None]).permute(2, 3, 1, 0).reshape(9, conv.in_channels, -1)
+        folded = weight.to(dtype).contiguous(), (bn.bias - bn.running_mean * scale).float().contiguous()
+    _FOLDS[conv] = (key, folded)
+    return folded
 
 
 def fused_block(

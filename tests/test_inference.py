@@ -76,7 +76,7 @@ from blockdrop_env.inference import PLAIN, ForwardOptions, MaskedPredictor
 from tests.conftest import trained_like
 from tests.test_inference import random_batch
 from blockdrop_env.resnet import CifarResNet
-from blockdrop_env.fused_blocks import fused_block, fused_features
+from blockdrop_env.fused_blocks import _folded, fused_block, fused_features
 
 model = trained_like(CifarResNet(blocks_per_stage=2), seed=0)  # identity blocks and both stage changes
 for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -97,6 +97,14 @@ x = torch.rand(3, 16, 32, 32).contiguous(memory_format=torch.channels_last)
 with torch.no_grad():  # smaller tiles: more of them per image
     got = fused_block(model.blocks[0], x, keep[:3, 0], "one", block_pixels=32)
     assert torch.allclose(got, model.blocks[0](x, keep[:3, 0]), atol=1e-5)
+    # Folded batch norm is cached, and refolded when a tensor changes in place (training, loading).
+    block = model.blocks[-1]
+    conv, bn = block.residual[3], block.residual[4]
+    assert _folded(conv, bn, torch.float32) is _folded(conv, bn, torch.float32)
+    bn.running_var.mul_(3.0)
+    conv.weight.add_(0.01)
+    x = torch.rand(3, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(fused_block(block, x, keep[:3, -1]), block(x, keep[:3, -1]), atol=1e-5)
 print("fused blocks agree")
 """
 
