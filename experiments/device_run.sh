@@ -9,10 +9,12 @@
 # Prepare here first, from the project root (1.1 MB of wheels; CIFAR-10 in three ~45 MB parts):
 #   ../shared/tools/device-wheels tyro docstring-parser typeguard typing-extensions
 #   ../shared/tools/device-data-pack
-# then send .device-data/part1 and part2 in two short runs (command: bash experiments/device_run.sh),
-# and part3 with .whl in the run that does the work, e.g.
+# then send .device-data/part1 with .whl (the wheels stay installed in /tmp/site while the machine
+# is warm) in a first run that can already run the CUDA tests (synthetic data):
+#   bash experiments/device_run.sh 'python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py'
+# part2 in a short second run (command: bash experiments/device_run.sh), and part3 in the run that
+# does the work, e.g.
 #   bash experiments/device_run.sh \
-#     'python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py' \
 #     'python3 -m experiments.pretrain_resnet --epochs 60 --batch-size 256 --lr 0.2 --out runs/pretrain/resnet32_cifar10_h200.pt' \
 #     'python3 -m experiments.bench --checkpoint runs/pretrain/resnet32_cifar10_h200.pt --compile default --out results/bench/h200'
 # Unpack what comes back here with: tar xzf results.tgz
@@ -24,8 +26,9 @@ log="$OUT/log.txt"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD"
 fi
+# Installed by this run or an earlier one on the same (warm) machine: later runs need not carry .whl.
+if [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site:$PWD"; fi
 
 # CIFAR-10 arrives in three xz parts over three runs; /tmp survives while the machine is warm.
 if compgen -G ".device-data/part*/*.xz" >/dev/null; then
