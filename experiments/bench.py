@@ -229,10 +229,6 @@ class Report:
         self.agreement.append(row)
         self.save()
 
-    def attempt(self, name: str, fn: Callable[[], object]) -> None:
-        """Run an optional measurement; a failure is recorded (and saved) and the run goes on."""
-        self.failures.attempt(name, fn)
-
     def result(self, complete: bool = False) -> dict:
         cuda = self.device.type == "cuda"
         return {
@@ -300,6 +296,7 @@ def main(args: Args) -> dict:
     compiled = f"compiled ({args.compile})"
     report = Report(args, device)
     record = report.record
+    attempt = report.failures.attempt  # optional measurements: a failure is saved and the run goes on
 
     def forward_rate(fn: Callable[[], object]) -> float:
         with torch.no_grad():
@@ -370,7 +367,7 @@ def main(args: Args) -> dict:
     def forward_section() -> None:
         for options in forward_variants(device, args.compile):
             if options.compile or options.fused:
-                report.attempt(f"env forward: {describe(options, device)}", lambda o=options: measure_forward(o))
+                attempt(f"env forward: {describe(options, device)}", lambda o=options: measure_forward(o))
             else:
                 measure_forward(options)
 
@@ -378,22 +375,18 @@ def main(args: Args) -> dict:
         for batch in env_batches:
             measure_step(batch, "")
         for batch in compiled_batches:
-            report.attempt(
-                f"env step {compiled}", lambda b=batch: measure_step(b, f", {compiled}", compile=args.compile)
-            )
+            attempt(f"env step {compiled}", lambda b=batch: measure_step(b, f", {compiled}", compile=args.compile))
         for batch in (compiled_batches or (8192,)) if cuda else ():  # Triton needs a GPU
-            report.attempt(
-                "env step fused", lambda b=batch: measure_step(b, ", fused Triton blocks (one)", fused="one")
-            )
+            attempt("env step fused", lambda b=batch: measure_step(b, ", fused Triton blocks (one)", fused="one"))
 
     def curriculum_section() -> None:
         measure_curriculum("")
         if args.compile:
             how = f", env and policy {compiled}"
-            report.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, compile=args.compile))
+            attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, compile=args.compile))
         if cuda:
             how = ", env fused (one)" + (f", policy {compiled}" if args.compile else "")
-            report.attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, fused="one"))
+            attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, fused="one"))
 
     def agreement_section() -> None:
         default = ForwardOptions.for_device(device)
