@@ -4,8 +4,8 @@ Per batch of images: keep probabilities s = policy(x); the greedy action ``s >= 
 baseline; the exploration probabilities are bounded, ``s' = alpha*s + (1-alpha)*(1-s)``; the
 sampled action ``u ~ Bernoulli(s')`` is stepped in the env; the advantage is
 ``R(u) - R(greedy)`` on the same images; the loss is the advantage-weighted negative
-log-likelihood minus ``beta`` times the entropy of s'. Blocks forced on by the curriculum are
-left out of the log-likelihood and the entropy.
+log-likelihood minus ``beta`` times an entropy bonus on s'. Blocks forced on by the curriculum are
+left out of the log-likelihood (and, with the default bonus, out of the entropy).
 
 Joint finetuning reaches the env's ResNet through ``env.unwrapped.resnet`` (the module the env
 scores with, so rewards follow the finetuned weights at once) and the current labels through
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,16 @@ from blockdrop_env.device import autocast, resolve_device
 from blockdrop_env.inference import CompileMode
 
 from .policy import PolicyNet
+
+EntropyBonus = Literal["bernoulli", "authors"]
+"""How the exploration bonus is computed from the bounded probabilities s'.
+
+"bernoulli": the entropy of Bernoulli(s'_k) summed over the blocks the policy decides (the
+textbook bonus, as the method is usually written); it pulls each decided s'_k toward 1/2.
+"authors": ``-s'_k log s'_k`` summed over all K blocks, as the authors' ``cl_training.py`` computes
+it. That term peaks at s' = 1/e, i.e. s = 0.28 with alpha 0.8, so it pulls every block, forced
+ones included, toward being dropped by the greedy policy: a drop prior the published runs had.
+"""
 
 
 @dataclass
@@ -41,6 +51,8 @@ class ReinforceConfig:
     """Bound of the exploration probabilities: s' = alpha*s + (1-alpha)*(1-s)."""
     beta: float = 0.1
     """Weight of the entropy bonus (0 in joint finetuning)."""
+    entropy: EntropyBonus = "bernoulli"
+    """Form of the entropy bonus; see :data:`EntropyBonus`."""
     finetune: bool = False
     """Train the env's ResNet too, with the cross-entropy under the sampled action."""
 
@@ -50,21 +62,36 @@ def bounded(probs: Tensor, alpha: float) -> Tensor:
     return alpha * probs + (1 - alpha) * (1 - probs)
 
 
+def entropy_bonus(s: Tensor, decide: Tensor, form: EntropyBonus = "bernoulli") -> Tensor:
+    """The exploration bonus of bounded probabilities ``s`` (B, K), summed over blocks and
+    averaged over the batch; ``decide`` (K,) bool marks the blocks the policy chose."""
+    if form == "bernoulli":
+        return (-(s * torch.log(s) + (1 - s) * torch.log1p(-s)) * decide.float()).sum(1).mean()
+    if form == "authors":
+        return (-s * torch.log(s)).sum(1).mean()
+    raise ValueError(f"entropy bonus must be 'bernoulli' or 'authors'; got {form!r}")
+
+
 def reinforce_loss(
-    probs: Tensor, sampled: Tensor, advantage: Tensor, decide: Tensor, alpha: float, beta: float
+    probs: Tensor,
+    sampled: Tensor,
+    advantage: Tensor,
+    decide: Tensor,
+    alpha: float,
+    beta: float,
+    entropy: EntropyBonus = "bernoulli",
 ) -> tuple[Tensor, Tensor]:
-    """Self-critical policy-gradient loss and the mean entropy of s' over the decided blocks.
+    """Self-critical policy-gradient loss and the entropy bonus (before ``beta``).
 
     ``probs`` (B, K) keep probabilities s; ``sampled`` (B, K) the action taken; ``advantage`` (B,)
     R(sampled) - R(greedy); ``decide`` (K,) bool, the blocks the policy chose (others are forced).
     """
     s = bounded(probs, alpha)
     u = sampled.float()
-    mask = decide.float()
-    log_likelihood = ((u * torch.log(s) + (1 - u) * torch.log1p(-s)) * mask).sum(1)
-    entropy = (-(s * torch.log(s) + (1 - s) * torch.log1p(-s)) * mask).sum(1).mean()
-    loss = -(advantage.detach() * log_likelihood).mean() - beta * entropy
-    return loss, entropy
+    log_likelihood = ((u * torch.log(s) + (1 - u) * torch.log1p(-s)) * decide.float()).sum(1)
+    bonus = entropy_bonus(s, decide, entropy)
+    loss = -(advantage.detach() * log_likelihood).mean() - beta * bonus
+    return loss, bonus
 
 
 class BlockDropAgent:
@@ -125,7 +152,9 @@ def train_step(
     # The greedy baseline is scored in the same ResNet forward as the sampled action.
     _, reward, _, _, info = env.step(sampled, baseline=greedy)
     reward_greedy = info["baseline_reward"]
-    loss, entropy = reinforce_loss(probs, sampled, reward - reward_greedy, ~forced, config.alpha, config.beta)
+    loss, entropy = reinforce_loss(
+        probs, sampled, reward - reward_greedy, ~forced, config.alpha, config.beta, config.entropy
+    )
     optimizer.zero_grad(set_to_none=True)
     (loss + loss_extra).backward()
     optimizer.step()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from agents.evaluation import evaluate, make_eval_env
 from agents.reinforce import (
     BlockDropAgent,
+    EntropyBonus,
     ReinforceConfig,
     load_agent,
     make_optimizer,
@@ -64,6 +65,9 @@ class Args(ForwardArgs):
     """Bound of the exploration probabilities."""
     beta: float = 0.1
     """Entropy bonus in curriculum learning (none in finetuning)."""
+    entropy: EntropyBonus = "bernoulli"
+    """Form of the entropy bonus: "bernoulli" (the method as written) or "authors" (their script's
+    -s' log s' over every block, which also pulls blocks toward being dropped)."""
     curriculum_step: float = 1.0
     """Blocks handed to the policy per curriculum epoch (fractions allowed: 0.1 = one per 10 epochs)."""
     init: Path | None = None
@@ -201,6 +205,7 @@ def main(args: Args) -> dict:
                 lr=args.lr if name == "curriculum" else args.finetune_lr,
                 alpha=args.alpha,
                 beta=args.beta if name == "curriculum" else 0.0,
+                entropy=args.entropy,
                 finetune=name == "finetune",
             )
             optimizer = make_optimizer(agent, env, config)

@@ -10,6 +10,8 @@ from agents.policy import PolicyNet
 from agents.reinforce import (
     BlockDropAgent,
     ReinforceConfig,
+    bounded,
+    entropy_bonus,
     load_agent,
     make_optimizer,
     reinforce_loss,
@@ -43,6 +45,26 @@ def test_loss_equals_closed_form_on_a_hand_worked_case():
     loss.backward()
     assert torch.all(probs.grad[:, 0] == 0)  # forced blocks get no gradient
     assert torch.all(probs.grad[:, 1:] != 0)
+
+
+def test_authors_entropy_bonus_covers_every_block_and_pulls_toward_one_over_e():
+    probs = torch.tensor([[0.5, 0.9, 0.3], [0.2, 0.6, 0.7]], requires_grad=True)
+    decide = torch.tensor([False, True, True])
+    s = bounded(probs.detach(), 0.8)
+    bonus = entropy_bonus(bounded(probs, 0.8), decide, "authors")
+    assert bonus.item() == pytest.approx((-(s * s.log())).sum().item() / 2, rel=1e-6)
+    bonus.backward()
+    assert torch.all(probs.grad[:, 0] != 0)  # forced blocks are pulled too
+    # d/ds' of -s' log s' vanishes at s' = 1/e: s = (1/e - 0.2) / 0.6 is the bonus's maximum.
+    at_peak = torch.full((1, 3), (1 / math.e - 0.2) / 0.6, requires_grad=True)
+    entropy_bonus(bounded(at_peak, 0.8), decide, "authors").backward()
+    assert torch.allclose(at_peak.grad, torch.zeros(1, 3), atol=1e-6)
+    # The Bernoulli bonus peaks at s = 1/2 instead and leaves forced blocks alone.
+    at_half = torch.full((1, 3), 0.5, requires_grad=True)
+    entropy_bonus(bounded(at_half, 0.8), decide, "bernoulli").backward()
+    assert torch.allclose(at_half.grad, torch.zeros(1, 3), atol=1e-6)
+    with pytest.raises(ValueError, match="entropy bonus"):
+        entropy_bonus(s, decide, "shannon")
 
 
 def test_policy_network_shapes_and_flops():
