@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.reinforce import load_agent
+from agents.reinforce import BlockDropAgent, load_agent
 from blockdrop_env.checkpoint import load_resnet
 from blockdrop_env.inference import ForwardOptions
 from experiments import evaluate as evaluate_script
@@ -110,6 +110,14 @@ def test_resume_gives_identical_parameters(tmp_path, env_kwargs, split_at):
     for part in ("policy", "resnet"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
+
+
+def test_mid_curriculum_evaluation_keeps_the_forced_blocks_on(tmp_path, env_kwargs, monkeypatch):
+    # A greedy policy that drops every block: in epoch 0 the curriculum decides only the last
+    # block, so the test walk must still run the 14 forced ones (as the authors' test does).
+    monkeypatch.setattr(BlockDropAgent, "greedy", lambda self, images: torch.zeros(len(images), 15, dtype=torch.bool))
+    summary = train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1))
+    assert summary["test"]["blocks_mean"] == 14 and summary["test"]["blocks_std"] == 0
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path, env_kwargs):
