@@ -65,9 +65,9 @@ class Args(ForwardArgs):
     """Bound of the exploration probabilities."""
     beta: float = 0.1
     """Entropy bonus in curriculum learning (none in finetuning)."""
-    entropy: EntropyBonus = "bernoulli"
-    """Form of the entropy bonus: "bernoulli" (the method as written) or "authors" (their script's
-    -s' log s' over every block, which also pulls blocks toward being dropped)."""
+    entropy: EntropyBonus = "authors"
+    """Form of the entropy bonus: "authors" (their script's -s' log s' over every block, which also
+    pulls blocks toward being dropped) or "bernoulli" (the Bernoulli entropy of the decided blocks)."""
     curriculum_step: float = 1.0
     """Blocks handed to the policy per curriculum epoch (fractions allowed: 0.1 = one per 10 epochs)."""
     init: Path | None = None

@@ -34,7 +34,7 @@ def test_loss_equals_closed_form_on_a_hand_worked_case():
     sampled = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.bool)
     advantage = torch.tensor([2.0, -1.0])
     decide = torch.tensor([False, True, True])  # block 0 forced on by the curriculum
-    loss, ent = reinforce_loss(probs, sampled, advantage, decide, alpha=0.8, beta=0.1)
+    loss, ent = reinforce_loss(probs, sampled, advantage, decide, alpha=0.8, beta=0.1, entropy="bernoulli")
     # s' = 0.8 s + 0.2 (1 - s): 0.9 -> 0.74, 0.3 -> 0.38, 0.6 -> 0.56, 0.7 -> 0.62.
     ll0 = math.log(1 - 0.74) + math.log(0.38)
     ll1 = math.log(1 - 0.56) + math.log(0.62)
