@@ -63,7 +63,7 @@ def bounded(probs: Tensor, alpha: float) -> Tensor:
     return alpha * probs + (1 - alpha) * (1 - probs)
 
 
-def entropy_bonus(s: Tensor, decide: Tensor, form: EntropyBonus = "authors") -> Tensor:
+def entropy_bonus(s: Tensor, decide: Tensor, form: EntropyBonus) -> Tensor:
     """The exploration bonus of bounded probabilities ``s`` (B, K), summed over blocks and
     averaged over the batch; ``decide`` (K,) bool marks the blocks the policy chose."""
     if form == "bernoulli":
@@ -80,7 +80,7 @@ def reinforce_loss(
     decide: Tensor,
     alpha: float,
     beta: float,
-    entropy: EntropyBonus = "authors",
+    entropy: EntropyBonus,
 ) -> tuple[Tensor, Tensor]:
     """Self-critical policy-gradient loss and the entropy bonus (before ``beta``).
 
