@@ -10,8 +10,13 @@ also covers the blocks the curriculum forces on). Forced blocks are left out of 
 Joint finetuning reaches the env's ResNet through ``env.unwrapped.resnet`` (the module the env
 scores with, so rewards follow the finetuned weights at once) and the current labels through
 ``env.unwrapped.labels``; it adds the cross-entropy of the ResNet's prediction under the sampled
-action. That is the whole API an agent needs from the env beyond ``step(sampled, baseline=greedy)``,
-which scores both actions in one ResNet forward.
+action. That forward (with gradients) also gives the sampled action's predictions, which the env
+scores as they are (``step(sampled, baseline=greedy, prediction=...)``), so only the greedy
+baseline costs the env a forward of its own. Curriculum learning steps
+``step(sampled, baseline=greedy)``, which scores both actions in one ResNet forward.
+
+Networks run under bf16 autocast where the device computes bf16 natively (CUDA; CPUs with
+AVX-512-BF16 or AMX), with fp32 weights and optimiser state; ``precision="fp32"`` keeps fp32.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from blockdrop_env.checkpoint import atomic_save, load_checkpoint
-from blockdrop_env.device import autocast, resolve_device
+from blockdrop_env.device import Precision, autocast, check_precision, resolve_device
 from blockdrop_env.inference import CompileMode
 
 from .policy import PolicyNet
@@ -100,23 +105,33 @@ class BlockDropAgent:
 
     ``compile``: a ``torch.compile`` mode for the policy's forward (and so its backward) in
     training and acting; None (default) runs it eager. ``policy`` stays the plain module
-    (its state is what is saved).
+    (its state is what is saved). ``precision``: "auto" (bf16 autocast where the device has it
+    natively) or "fp32"; it also sets the autocast of the ResNet's forward in joint finetuning.
     """
 
     def __init__(
-        self, num_blocks: int = 15, device: str | torch.device = "auto", compile: CompileMode | None = None
+        self,
+        num_blocks: int = 15,
+        device: str | torch.device = "auto",
+        compile: CompileMode | None = None,
+        precision: Precision = "auto",
     ) -> None:
         self.device = resolve_device(device)
+        self.precision = check_precision(precision)
         self.policy = PolicyNet(num_blocks).to(self.device)
         self.forward = self.policy if compile is None else torch.compile(self.policy, mode=compile, dynamic=False)
         self.resnet_state: dict[str, Tensor] | None = None  # set when loaded from a finetuned run
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context the agent's networks train and act in."""
+        return autocast(self.device, self.precision)
 
     @torch.no_grad()
     def greedy(self, images: Tensor) -> Tensor:
         """The deterministic policy ``s >= 0.5`` (eval mode), as a bool (B, K) mask."""
         was_training = self.policy.training
         self.policy.eval()
-        with autocast(self.device):
+        with self.autocast():
             probs, _ = self.forward(images)
         self.policy.train(was_training)
         return probs >= 0.5
@@ -139,19 +154,19 @@ def train_step(
     forced = getattr(env, "forced", torch.zeros(base.num_blocks, dtype=torch.bool, device=base.device))
     images = base.images
     agent.policy.train()
-    with autocast(base.device):
+    with agent.autocast():
         probs, _ = agent.forward(images)
     probs = probs.float()
     greedy = (probs.detach() >= 0.5) | forced
     sampled = torch.bernoulli(bounded(probs.detach(), config.alpha), generator=generator).bool() | forced
-    loss_extra = torch.zeros((), device=base.device)
+    loss_extra, prediction = torch.zeros((), device=base.device), None
     if config.finetune:
-        labels = base.labels
-        with autocast(base.device):
+        with agent.autocast():
             logits = base.resnet(images, sampled)
-        loss_extra = F.cross_entropy(logits.float(), labels)
-    # The greedy baseline is scored in the same ResNet forward as the sampled action.
-    _, reward, _, _, info = env.step(sampled, baseline=greedy)
+        loss_extra = F.cross_entropy(logits.float(), base.labels)
+        prediction = logits.detach().argmax(1)  # the env scores these instead of a forward of its own
+    # Without a prediction, the greedy baseline is scored in the same ResNet forward as the sampled action.
+    _, reward, _, _, info = env.step(sampled, baseline=greedy, prediction=prediction)
     reward_greedy = info["baseline_reward"]
     loss, entropy = reinforce_loss(
         probs, sampled, reward - reward_greedy, ~forced, config.alpha, config.beta, config.entropy
@@ -197,10 +212,12 @@ def save_agent(path: str | os.PathLike, agent: BlockDropAgent, **state: Any) -> 
     )
 
 
-def load_agent(path: str | os.PathLike, device: str | torch.device = "auto") -> BlockDropAgent:
+def load_agent(
+    path: str | os.PathLike, device: str | torch.device = "auto", precision: Precision = "auto"
+) -> BlockDropAgent:
     """A trained agent from a checkpoint of ``experiments.train_blockdrop`` (or ``save_agent``)."""
     ckpt = load_checkpoint(path, required="policy", kind="BlockDrop agent checkpoint")
-    agent = BlockDropAgent(ckpt.get("num_blocks", 15), device)
+    agent = BlockDropAgent(ckpt.get("num_blocks", 15), device, precision=precision)
     agent.policy.load_state_dict(ckpt["policy"])
     agent.policy.eval()
     agent.resnet_state = ckpt.get("resnet")

@@ -79,6 +79,7 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
     * ``plain``, ``compile``, ``fused``: how the ResNet forward runs (``blockdrop_env.inference``):
       the plain fp32 reference, a ``torch.compile`` mode, or fused Triton blocks ("one"/"two");
       by default the device's fastest eager forward.
+    * ``precision``: "auto" (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32) or "fp32".
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}

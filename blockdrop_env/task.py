@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .checkpoint import load_resnet
 from .data import LAYOUTS, SPLITS, load_cifar, random_crop_flip
-from .device import resolve_device
+from .device import Precision, resolve_device
 from .inference import PLAIN, CompileMode, ForwardOptions, FusedKernels, MaskedPredictor
 from .resnet import CifarResNet
 from .reward import blockdrop_reward
@@ -85,8 +85,10 @@ class BlockDropTask:
             minute or more at the first step of each batch size.
         fused: run the residual blocks as fused Triton kernels, "one" or "two" per block (CUDA;
             ``blockdrop_env.fused_blocks``), or None (default) as torch operations.
+        precision: "auto" (default): the device's fastest forward that keeps the fp32 rewards
+            (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32); "fp32": fp32 throughout.
         forward: every option of the forward at once (precision, chunking, ...); instead of
-            ``plain``, ``compile`` and ``fused``.
+            ``plain``, ``compile``, ``fused`` and ``precision``.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class BlockDropTask:
         plain: bool = False,
         compile: CompileMode | None = None,
         fused: FusedKernels | None = None,
+        precision: Precision = "auto",
         forward: ForwardOptions | None = None,
     ) -> None:
         if split not in SPLITS:
@@ -112,8 +115,10 @@ class BlockDropTask:
             raise ValueError(f"penalty must be a finite number; got {penalty!r}")
         if dataset not in LAYOUTS:
             raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
-        if sum(map(bool, (plain, compile or fused, forward))) > 1:
-            raise ValueError("pass one of plain=True (the reference), compile/fused, or forward=ForwardOptions(...)")
+        if sum(map(bool, (plain, compile or fused or precision != "auto", forward))) > 1:
+            raise ValueError(
+                "pass one of plain=True (the reference), compile/fused/precision, or forward=ForwardOptions(...)"
+            )
         self.device = resolve_device(device)
         self.split = split
         self.penalty = float(penalty)
@@ -132,7 +137,8 @@ class BlockDropTask:
             )
             self.resnet.requires_grad_(False)
         self.predict = MaskedPredictor(
-            self.resnet, forward or (PLAIN if plain else ForwardOptions.for_device(self.device, compile, fused))
+            self.resnet,
+            forward or (PLAIN if plain else ForwardOptions.for_device(self.device, compile, fused, precision)),
         )
 
     @property
@@ -165,18 +171,25 @@ class BlockDropTask:
         return random_crop_flip(images, generator) if self.augment else images
 
     @torch.no_grad()
-    def outcome(self, images: Tensor, labels: Tensor, keep: Tensor) -> Outcome:
+    def outcome(self, images: Tensor, labels: Tensor, keep: Tensor, prediction: Tensor | None = None) -> Outcome:
         """Run the ResNet under ``keep`` (bool, (B, K)) and score the predictions.
 
         ``keep`` may also stack M actions, (M, B, K), all on the same B images: one forward of
-        M*B images, every Outcome field (M, B).
+        M*B images, every Outcome field (M, B). ``prediction``: the classes the ResNet predicts
+        under ``keep``, when the caller already ran that forward (joint finetuning runs it with
+        gradients); then no forward runs here.
         """
         actions = keep.shape[:-1]
         if keep.ndim == 3:
             images = images.expand(keep.shape[0], *images.shape).flatten(0, 1)
             labels = labels.expand(actions)
         flat_keep = keep.reshape(-1, keep.shape[-1])
-        prediction = self.predict(images, flat_keep).view(actions)
+        if prediction is None:
+            prediction = self.predict(images, flat_keep).view(actions)
+        elif prediction.shape != actions or prediction.is_floating_point():
+            raise ValueError(
+                f"prediction must hold {tuple(actions)} class indices; got {prediction.dtype} {tuple(prediction.shape)}"
+            )
         correct = prediction == labels
         blocks_kept = keep.sum(-1)
         reward = blockdrop_reward(correct, blocks_kept, self.num_blocks, self.penalty)

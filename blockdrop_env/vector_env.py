@@ -117,24 +117,31 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         """Rewards (num_envs,) that ``keep`` would get on the current images; nothing advances."""
         return self.evaluate(keep).reward
 
-    def step(self, actions: Any, *, baseline: Any = None) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+    def step(
+        self, actions: Any, *, baseline: Any = None, prediction: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         """Score ``actions`` on the current images and show the next ones.
 
         ``baseline``: another (num_envs, K) action scored on the same images in the same ResNet
         forward, its rewards in ``info["baseline_reward"]`` (a self-critical agent's greedy
         action: one forward of 2 x num_envs images instead of two).
+        ``prediction``: the (num_envs,) classes ``env.resnet`` predicts under ``actions`` on the
+        current images, when the agent ran that forward itself (joint finetuning runs it with
+        gradients for the cross-entropy); the env then scores them without a forward of its own.
         """
         images = self._require_images()
         labels = self.task.labels[self._indices]
         keep = self._check(actions)
-        if baseline is None:
-            out = self.task.outcome(images, labels, keep)
+        if baseline is None or prediction is not None:
+            out = self.task.outcome(images, labels, keep, prediction)
+            if baseline is not None:
+                baseline_reward = self.task.outcome(images, labels, self._check(baseline)).reward
         else:
             both = self.task.outcome(images, labels, torch.stack([keep, self._check(baseline)]))
-            out = Outcome(*(field[0] for field in both))
+            out, baseline_reward = Outcome(*(field[0] for field in both)), both.reward[1]
         info: dict[str, Any] = out.info(labels)
         if baseline is not None:
-            info["baseline_reward"] = both.reward[1]
+            info["baseline_reward"] = baseline_reward
         info["index"] = self._indices
         info["final_obs"] = self._images
         self._show(self.task.draw(self.num_envs, self._generator))  # SAME_STEP autoreset

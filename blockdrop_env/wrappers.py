@@ -78,8 +78,11 @@ class CurriculumVectorWrapper(_Curriculum, gym.vector.VectorActionWrapper):
     def actions(self, actions: Any) -> Tensor:
         return as_keep_mask(actions, (self.num_envs,), self.num_blocks, self._device) | self.forced
 
-    def step(self, actions: Any, *, baseline: Any = None) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
-        return self.env.step(self.actions(actions), baseline=None if baseline is None else self.actions(baseline))
+    def step(
+        self, actions: Any, *, baseline: Any = None, prediction: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        baseline = None if baseline is None else self.actions(baseline)
+        return self.env.step(self.actions(actions), baseline=baseline, prediction=prediction)
 
     def score(self, keep: Any) -> Tensor:
         return self.env.score(self.actions(keep))

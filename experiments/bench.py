@@ -9,7 +9,9 @@ Then: the env's ResNet forward (``blockdrop_env.inference``) with its options ad
 (half precision, channels_last, chunking, gather/scatter of dropped blocks, compilation, fused Triton blocks
 on CUDA); the vector env's ``step`` (env steps/s) over batch sizes, eager and compiled; the
 BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image epoch at that
-rate) and finetuning (steps/s); SB3 PPO through the adapter (env steps/s).
+rate) and finetuning (steps/s); pretraining the ResNet-32 (images/s); SB3 PPO through the adapter
+(env steps/s). Where the default precision is not fp32 (CPUs with native bf16), the step,
+curriculum, finetuning and pretraining figures are measured in fp32 too (``precision="fp32"``).
 Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
 plain and each optimised forward: the share of identical rewards and the accuracy of each.
 ``--sections`` picks and orders what is measured after the reference.
@@ -36,20 +38,23 @@ from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
-from blockdrop_env.device import resolve_device
+from blockdrop_env.data import random_crop_flip
+from blockdrop_env.device import Precision, resolve_device, training_dtype
 from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, MaskedPredictor
+from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
+from experiments.pretrain_resnet import sgd_step
 
-Section = Literal["forward", "step", "curriculum", "finetune", "ppo", "agreement"]
+Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement"]
 
 
 @dataclass
 class Args:
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
-    sections: tuple[Section, ...] = ("forward", "step", "curriculum", "finetune", "ppo", "agreement")
+    sections: tuple[Section, ...] = ("forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement")
     """What to measure after the reference, in this order (a time-boxed run can do the cheap ones first)."""
     reference_batch: int | None = None
     """Batch of the reference forward; default 8192 on CUDA, 256 on the CPU."""
@@ -64,6 +69,8 @@ class Args:
     """Curriculum batch; default 2048 on CUDA, 256 on the CPU."""
     finetune_batch: int = 256
     """Finetuning batch."""
+    pretrain_batch: int = 256
+    """Batch of the pretraining step (the shipped ResNet-32's recipe)."""
     min_seconds: float = 2.0
     """Each figure times repeats for at least this long, after one warm-up call."""
     ppo_steps: int | None = None
@@ -107,12 +114,11 @@ def forward_variants(device: torch.device, compile: CompileMode | None) -> list[
         variants += [replace(best, dtype="bfloat16"), replace(best, gather_below=1.1)]
         variants += [replace(best, fused="two"), replace(best, fused="one")]
     else:
-        variants = [
-            replace(PLAIN, chunk=best.chunk),
-            replace(best, gather_below=0.0),
-            best,
-            replace(best, chunk=None, gather_below=1.1),
-        ]
+        fp32 = ForwardOptions.for_device(device, precision="fp32")
+        variants = [replace(PLAIN, chunk=fp32.chunk), replace(fp32, gather_below=0.0), fp32]
+        if best != fp32:  # native bf16: autocast, then its own chunk size
+            variants += [replace(fp32, dtype="bfloat16"), best]
+        variants.append(replace(best, chunk=None, gather_below=1.1))
     return variants + ([ForwardOptions.for_device(device, compile)] if compile else [])
 
 
@@ -319,6 +325,10 @@ def main(args: Args) -> dict:
         rate = forward_rate(lambda: predict(images, keep))
         record(f"env forward: {describe(options, device)}", rate, "images/s", rate)
 
+    # Where training runs in half precision by default, what it bought: the same figures in fp32.
+    precisions: tuple[Precision, ...] = ("auto", "fp32") if training_dtype(device) != torch.float32 else ("auto",)
+    in_words = {"auto": "", "fp32": ", fp32"}
+
     def measure_step(batch: int, how: str, **kwargs: object) -> None:
         env = BlockDropVectorEnv(num_envs=batch, split="train", **kwargs, **common)
         env.reset(seed=0)
@@ -328,10 +338,15 @@ def main(args: Args) -> dict:
 
     generator = torch.Generator(device).manual_seed(0)
 
-    def measure_curriculum(how: str, policy_compile: CompileMode | None = None, **env_kwargs: object) -> None:
-        env = CurriculumVectorWrapper(BlockDropVectorEnv(agent_batch, split="train", **env_kwargs, **common), 15)
+    def measure_curriculum(
+        how: str, policy_compile: CompileMode | None = None, precision: Precision = "auto", **env_kwargs: object
+    ) -> None:
+        env = CurriculumVectorWrapper(
+            BlockDropVectorEnv(agent_batch, split="train", precision=precision, **env_kwargs, **common), 15
+        )
         env.reset(seed=0)
-        agent, config = BlockDropAgent(device=device, compile=policy_compile), ReinforceConfig()
+        agent = BlockDropAgent(device=device, compile=policy_compile, precision=precision)
+        config = ReinforceConfig()
         optimizer = make_optimizer(agent, env, config)
         seconds = timed(lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds)
         rate = agent_batch / seconds
@@ -345,15 +360,26 @@ def main(args: Args) -> dict:
         images = steps * agent_batch
         record(f"BlockDrop curriculum epoch of {images:,} images, timed{how}", seconds, "s", images / seconds)
 
-    def measure_finetune() -> None:
-        agent = BlockDropAgent(device=device)
-        env = BlockDropVectorEnv(num_envs=args.finetune_batch, split="train", penalty=-10.0, **common)
+    def measure_finetune(precision: Precision) -> None:
+        agent = BlockDropAgent(device=device, precision=precision)
+        env = BlockDropVectorEnv(args.finetune_batch, split="train", penalty=-10.0, precision=precision, **common)
         env.reset(seed=0)
         config = ReinforceConfig(lr=1e-4, beta=0.0, finetune=True)
         optimizer = make_optimizer(agent, env, config)
         seconds = timed(lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds)
-        name = f"BlockDrop finetuning step, batch {args.finetune_batch}"
+        name = f"BlockDrop finetuning step, batch {args.finetune_batch}{in_words[precision]}"
         record(name, 1 / seconds, "steps/s", args.finetune_batch / seconds)
+
+    def measure_pretrain(precision: Precision) -> None:
+        """An SGD step of ``experiments.pretrain_resnet`` on the ResNet-32 (augmentation included)."""
+        model = CifarResNet(32).to(device).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        batch = args.pretrain_batch
+        x = torch.randint(256, (batch, 3, 32, 32), dtype=torch.uint8, device=device, generator=generator)
+        labels = torch.randint(10, (batch,), device=device, generator=generator)
+        step = lambda: sgd_step(model, optimizer, random_crop_flip(x, generator), labels, precision)  # noqa: E731
+        rate = batch / timed(step, device, args.min_seconds)
+        record(f"pretraining step of the ResNet-32, batch {batch}{in_words[precision]}", rate, "images/s", rate)
 
     def measure_ppo() -> None:
         env = BlockDropVectorEnv(num_envs=agent_batch, split="train", **common)
@@ -374,13 +400,16 @@ def main(args: Args) -> dict:
     def step_section() -> None:
         for batch in env_batches:
             measure_step(batch, "")
+        if "fp32" in precisions:
+            measure_step(ref_batch, in_words["fp32"], precision="fp32")
         for batch in compiled_batches:
             attempt(f"env step {compiled}", lambda b=batch: measure_step(b, f", {compiled}", compile=args.compile))
         for batch in (compiled_batches or (8192,)) if cuda else ():  # Triton needs a GPU
             attempt("env step fused", lambda b=batch: measure_step(b, ", fused Triton blocks (one)", fused="one"))
 
     def curriculum_section() -> None:
-        measure_curriculum("")
+        for precision in precisions:
+            measure_curriculum(in_words[precision], precision=precision)
         if args.compile:
             how = f", env and policy {compiled}"
             attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, compile=args.compile))
@@ -390,8 +419,11 @@ def main(args: Args) -> dict:
 
     def agreement_section() -> None:
         default = ForwardOptions.for_device(device)
-        variants = [default, replace(default, dtype="bfloat16")]
-        variants += [replace(default, dtype="float16")] if not cuda else []
+        fp32 = ForwardOptions.for_device(device, precision="fp32")
+        variants = [default] + ([fp32] if fp32 != default else [])
+        # The other half precision (on the CPU both), on the default's layout and chunks.
+        others = ("bfloat16",) if cuda else ("bfloat16", "float16")
+        variants += [replace(default, dtype=d) for d in others if d != default.dtype]
         variants += [ForwardOptions.for_device(device, args.compile)] if args.compile else []
         variants += [ForwardOptions.for_device(device, fused=k) for k in ("one", "two")] if cuda else []
         agreement(args, variants, report.failures, on_row=report.add_agreement)
@@ -400,7 +432,8 @@ def main(args: Args) -> dict:
         "forward": forward_section,
         "step": step_section,
         "curriculum": curriculum_section,
-        "finetune": measure_finetune,
+        "finetune": lambda: [measure_finetune(precision) for precision in precisions],
+        "pretrain": lambda: [measure_pretrain(precision) for precision in precisions],
         "ppo": measure_ppo,
         "agreement": agreement_section,
     }

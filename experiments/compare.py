@@ -114,7 +114,7 @@ def make_envs(args: Args, seed: int):
 
 def run_blockdrop(args: Args, seed: int, train_env, recorder: Recorder) -> None:
     torch.manual_seed(seed)
-    agent = BlockDropAgent(device=train_env.unwrapped.device, compile=args.compile)
+    agent = BlockDropAgent(device=train_env.unwrapped.device, compile=args.compile, precision=args.precision)
     recorder.policy_flops = agent.policy.flops()
     config = ReinforceConfig()
     optimizer = make_optimizer(agent, train_env, config)

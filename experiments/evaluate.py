@@ -22,6 +22,7 @@ import tyro
 from agents.baselines import FullPolicy, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from blockdrop_env.checkpoint import run_metadata
+from blockdrop_env.device import Precision
 from experiments.plotting import save_plot
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -46,6 +47,8 @@ class Args:
     """Seed of RandomK."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
+    precision: Precision = "auto"
+    """auto: the env's and the policy's half precision where the device has it natively; fp32: fp32."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
     out: Path = Path("results/evaluate/baselines")
@@ -123,13 +126,14 @@ def main(args: Args) -> list[dict]:
     if args.policy is not None:
         from agents.reinforce import load_agent
 
-        agent = load_agent(args.policy, device=args.device)
+        agent = load_agent(args.policy, device=args.device, precision=args.precision)
         policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({args.policy.name})"
     env = make_eval_env(
         args.split,
         args.batch_size,
         penalty=args.penalty,
         device=args.device,
+        precision=args.precision,
         data_dir=args.data_dir,
         checkpoint=resnet_checkpoint,
     )

@@ -1,6 +1,7 @@
 """Pretrain the CIFAR ResNet whose predictions give BlockDrop its reward.
 
-Data and augmentation stay on the device, bf16 autocast on CUDA, SGD with Nesterov momentum under
+Data and augmentation stay on the device, bf16 autocast on CUDA and on CPUs with native bf16
+(``--precision fp32`` to train in fp32), SGD with Nesterov momentum under
 a one-cycle schedule. The checkpoint is written atomically with its metadata; a resume file is
 written every epoch so that an interrupted run continues with ``--resume``.
 
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from blockdrop_env.checkpoint import atomic_save, run_metadata, save_resnet
 from blockdrop_env.data import LAYOUTS, load_cifar, random_crop_flip
-from blockdrop_env.device import autocast, resolve_device
+from blockdrop_env.device import Precision, autocast, resolve_device
 from blockdrop_env.resnet import CifarResNet, predict
 
 
@@ -49,6 +50,9 @@ class Args:
     """Seed of the initialisation, shuffling and augmentation."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
+    precision: Precision = "auto"
+    """auto: bf16 autocast where the device has it natively (CUDA; CPUs with AVX-512-BF16 or AMX),
+    fp32 weights and optimiser state; fp32: fp32 throughout."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search (see blockdrop_env.data)."""
     download: bool = False
@@ -61,6 +65,26 @@ class Args:
     """TensorBoard folder; default: beside the checkpoint."""
     resume: bool = False
     """Continue from the resume file beside ``out``."""
+
+
+def sgd_step(
+    model: CifarResNet,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    precision: Precision = "auto",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the cross-entropy of a batch (uint8 images), under the device's
+    training autocast; returns the logits and the loss, detached."""
+    device = images.device
+    with autocast(device, precision):
+        logits = model(images.contiguous(memory_format=torch.channels_last))
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits.detach(), loss.detach()
 
 
 def main(args: Args) -> dict:
@@ -116,16 +140,11 @@ def main(args: Args) -> dict:
         correct = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
-            x = random_crop_flip(train_x[idx], generator).contiguous(memory_format=torch.channels_last)
+            x = random_crop_flip(train_x[idx], generator)
             y = train_y[idx]
-            with autocast(device):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits, loss = sgd_step(model, optimizer, x, y, args.precision, args.label_smoothing)
             scheduler.step()
-            loss_sum += loss.detach()
+            loss_sum += loss
             correct += (logits.argmax(1) == y).sum()
             bar.update()
         elapsed += time.perf_counter() - t0

@@ -140,7 +140,7 @@ def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
-    agent = BlockDropAgent(device=args.device, compile=args.compile)
+    agent = BlockDropAgent(device=args.device, compile=args.compile, precision=args.precision)
     device = agent.device
     ckpt_path = args.out / "agent.pt"
     if args.resume and not ckpt_path.is_file():

@@ -86,8 +86,8 @@ images, keep = random_batch(4, k=6)
 keep[0], keep[1] = True, False  # every block, no block, and two mixed
 expected = MaskedPredictor(model, PLAIN)(images, keep)
 for kernels in ("one", "two"):
-    fused = ForwardOptions.for_device(torch.device("cpu"), fused=kernels)
-    assert fused.fused == kernels and fused.gather_below == 0
+    fused = ForwardOptions.for_device(torch.device("cpu"), fused=kernels, precision="fp32")
+    assert fused.fused == kernels and fused.gather_below == 0 and fused.dtype == "float32"
     assert torch.equal(MaskedPredictor(model, fused)(images, keep), expected)
     with torch.no_grad():
         got = fused_features(model, images, keep, torch.float32, kernels)

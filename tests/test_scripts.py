@@ -11,6 +11,7 @@ import torch
 
 from agents.reinforce import BlockDropAgent, load_agent
 from blockdrop_env.checkpoint import load_resnet
+from blockdrop_env.device import training_dtype
 from blockdrop_env.inference import ForwardOptions
 from experiments import evaluate as evaluate_script
 from experiments import pretrain_resnet, train_blockdrop
@@ -175,6 +176,7 @@ def test_bench_smoke(tmp_path, env_kwargs):
             env_batches=(4, 8),
             agent_batch=8,
             finetune_batch=4,
+            pretrain_batch=8,
             min_seconds=0.01,
             ppo_steps=32,
             epoch_images=20,
@@ -186,10 +188,31 @@ def test_bench_smoke(tmp_path, env_kwargs):
     )
     rows = result["rows"]
     assert rows[0]["name"].startswith("reference") and rows[0]["ratio_to_reference"] == 1.0
-    assert len(rows) == 11 and all(r["value"] > 0 for r in rows)
+    assert all(r["value"] > 0 for r in rows)
     assert sum("(the env's default)" in r["name"] for r in rows) == 1
+    # Where training defaults to bf16 (CPUs with native bf16), every training figure also in fp32.
+    half = training_dtype(torch.device("cpu")) != torch.float32
+    assert len(rows) == (19 if half else 12)
+    trained = [r["name"].split(",")[0] for r in rows if "fp32" in r["name"].split(",")[-1]]
+    if half:
+        assert trained == [
+            "vector env step",
+            "BlockDrop curriculum step",
+            "BlockDrop curriculum epoch of 24 images",
+        ] + [
+            "BlockDrop finetuning step",
+            "pretraining step of the ResNet-32",
+        ]
+    else:
+        assert trained == []
     agreement = result["agreement"]
-    assert [a["forward"].split(",")[0] for a in agreement] == ["fp32", "bf16 autocast", "fp16 autocast"] * 2
+    default = ForwardOptions.for_device(torch.device("cpu")).dtype
+    expected = (
+        ["bf16 autocast", "fp32", "fp16 autocast"]
+        if default == "bfloat16"
+        else ["fp32", "bf16 autocast", "fp16 autocast"]
+    )
+    assert [a["forward"].split(",")[0] for a in agreement] == expected * 2
     assert all(a["images"] == 16 for a in agreement)
     assert all(a["identical_rewards"] == 1.0 for a in agreement if a["forward"].endswith("(the env's default)"))
     assert "| measurement |" in (tmp_path / "bench.md").read_text()
@@ -219,10 +242,9 @@ def test_bench_run_cut_off_keeps_the_figures_it_finished(tmp_path, env_kwargs, m
         bench.main(args)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["complete"] is False and saved["agreement"] == []
-    assert [r["name"].split(",")[0] for r in saved["rows"]] == [
-        "reference: fp32 eager masked ResNet-32 forward",
-        "BlockDrop finetuning step",
-    ]
+    names = [r["name"].split(",")[0] for r in saved["rows"]]
+    assert names[0] == "reference: fp32 eager masked ResNet-32 forward"
+    assert set(names[1:]) == {"BlockDrop finetuning step"}  # and again in fp32 where bf16 is the default
     assert saved["rows"][1]["ratio_to_reference"] == saved["rows"][1]["images_per_s"] / saved["rows"][0]["value"]
     assert "Incomplete" in (tmp_path / "bench.md").read_text()
 
@@ -262,5 +284,6 @@ def test_bench_records_a_failing_optional_path_and_keeps_the_rest(tmp_path, env_
 def test_fused_env_blocks_take_precedence_over_compiling_the_env_forward():
     from experiments.forward_args import ForwardArgs
 
-    assert ForwardArgs(compile="default").env_forward() == {"compile": "default", "fused": None}
-    assert ForwardArgs(compile="default", fused="one").env_forward() == {"compile": None, "fused": "one"}
+    auto = {"precision": "auto"}
+    assert ForwardArgs(compile="default").env_forward() == {"compile": "default", "fused": None, **auto}
+    assert ForwardArgs(compile="default", fused="one").env_forward() == {"compile": None, "fused": "one", **auto}
