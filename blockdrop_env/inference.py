@@ -21,6 +21,7 @@ path); its agreement check runs both on the test split with the same actions.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -126,6 +127,11 @@ class MaskedPredictor:
         self.resnet = resnet
         self.device = next(resnet.parameters()).device
         self.options = options or ForwardOptions.for_device(self.device)
+        if self.options.fused and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"fused Triton blocks run on CUDA (or on the CPU under TRITON_INTERPRET=1, for checking); "
+                f"this ResNet is on {self.device}: leave fused=None"
+            )
         self.dtype: torch.dtype = getattr(torch, self.options.dtype)
         if self.options.channels_last:
             resnet.to(memory_format=torch.channels_last)

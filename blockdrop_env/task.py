@@ -67,7 +67,8 @@ class BlockDropTask:
 
     Args:
         split: "train" or "test".
-        penalty: reward of a wrong prediction (gamma); must be finite.
+        penalty: reward of a wrong prediction (the paper's gamma); a finite number <= 0, so that
+            a wrong answer never earns more than a right one.
         device: "auto" (CUDA when present), "cpu", "cuda", ...
         data_dir: folder holding the CIFAR batches (default: see ``blockdrop_env.data``).
         checkpoint: ResNet checkpoint path (default: the one shipped with the package), or a
@@ -111,8 +112,10 @@ class BlockDropTask:
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-        if not np.isfinite(penalty):
-            raise ValueError(f"penalty must be a finite number; got {penalty!r}")
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float, np.integer, np.floating)):
+            raise ValueError(f"penalty must be a number <= 0; got {penalty!r}")
+        if not np.isfinite(penalty) or penalty > 0:
+            raise ValueError(f"penalty must be a finite number <= 0 (the reward of a wrong answer); got {penalty!r}")
         if dataset not in LAYOUTS:
             raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
         if sum(map(bool, (plain, compile or fused or precision != "auto", forward))) > 1:
@@ -123,8 +126,8 @@ class BlockDropTask:
         self.split = split
         self.penalty = float(penalty)
         self.augment = split == "train" if augment is None else bool(augment)
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of images; got {limit}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+            raise ValueError(f"limit must be None or a positive integer number of images; got {limit!r}")
         images, labels = load_cifar(split, data_dir, dataset, download)
         self.images = images[:limit].to(self.device)
         self.labels = labels[:limit].to(self.device)
@@ -151,7 +154,12 @@ class BlockDropTask:
 
     def check_indices(self, index: Any, size: int) -> Tensor:
         """Image indices from ``reset(options={"index": ...})``, checked, as a tensor on the device."""
-        idx = torch.as_tensor(np.asarray(index) if not isinstance(index, Tensor) else index)
+        if not isinstance(index, Tensor):
+            array = np.asarray(index)
+            if array.dtype.kind not in "biuf":
+                raise ValueError(f"options['index'] must be integer image indices; got {index!r}")
+            index = torch.from_numpy(array.astype(np.int64) if array.dtype.kind in "iu" else np.array(array))
+        idx = index
         if idx.shape != (size,) and not (size == 1 and idx.ndim == 0):
             raise ValueError(f"options['index'] must hold {size} image indices; got shape {tuple(idx.shape)}")
         if idx.is_floating_point() or idx.dtype == torch.bool or idx.is_complex():

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 
 from agents.baselines import FullPolicy, RandomK
 from agents.evaluation import Evaluation, evaluate, make_eval_env
@@ -45,6 +44,7 @@ from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
+from experiments.cli import check_writable, run
 from experiments.pretrain_resnet import sgd_step
 
 Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement"]
@@ -290,6 +290,7 @@ def markdown(result: dict) -> str:
 
 
 def main(args: Args) -> dict:
+    check_writable(args.out)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     ref_batch = args.reference_batch or (8192 if cuda else 256)
@@ -446,4 +447,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run(main, Args, "experiments.bench", __doc__)

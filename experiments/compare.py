@@ -6,9 +6,11 @@
 Every run trains for the same number of env steps (images) on the same env configuration
 (penalty, curriculum on or off), is evaluated on the test split with the same evaluator during and
 after training, and records its wall-clock training time (evaluations excluded) and env steps per
-second. Results go to ``results/compare/<name>/``: one JSON per run (finished runs are skipped when
-the command is run again, so an interrupted comparison resumes), ``summary.json``, ``table.md``
-(mean +- std over seeds) and plots.
+second. Results go to ``<out-root>/<name>/`` (default ``runs/compare/<name>/``): one JSON per run,
+``summary.json``, ``table.md`` (mean +- std over seeds) and plots. Each run's JSON records the
+settings it ran with; run again under the same name, a finished run whose settings match is reused
+(so an interrupted comparison resumes; the reused runs are listed), one whose settings differ is
+refused (``--overwrite`` runs it again).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
@@ -36,6 +37,7 @@ from blockdrop_env.checkpoint import atomic_write_text, run_metadata
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
+from experiments.cli import UsageError, check_writable, require, run
 from experiments.forward_args import ForwardArgs
 from experiments.plotting import save_plot
 
@@ -65,14 +67,55 @@ class Args(ForwardArgs):
     """Train images (the first N); default: all 50,000."""
     name: str = "default"
     """Results go to results/compare/<name>/."""
-    out_root: Path = Path("results/compare")
+    out_root: Path = Path("runs/compare")
     """Parent folder of the results."""
+    overwrite: bool = False
+    """Run again, and replace, finished runs whose recorded settings differ from these."""
     checkpoint: Path | None = None
     """ResNet checkpoint; default: the shipped one."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
+
+
+RUN_SETTINGS = (
+    "env_steps num_envs penalty curriculum curriculum_fraction eval_points eval_limit limit checkpoint precision"
+).split()
+"""The arguments that change what a run computes: a finished run is reused only when they match."""
+
+
+def run_settings(args: Args) -> dict[str, str]:
+    return {k: str(getattr(args, k)) for k in RUN_SETTINGS}
+
+
+def check_args(args: Args) -> None:
+    known = ("blockdrop", "ppo", "a2c", "trpo")
+    require(bool(args.algorithms) and set(args.algorithms) <= set(known), f"--algorithms must be among {known}")
+    require(bool(args.seeds), "--seeds needs at least one seed")
+    for name in ("env_steps", "num_envs", "eval_points", "eval_limit", "limit"):
+        value = getattr(args, name)
+        require(value is None or value >= 1, f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    require(args.penalty <= 0, f"--penalty must be <= 0 (a wrong answer earns at most 0); got {args.penalty}")
+    fraction = args.curriculum_fraction
+    require(0 < fraction <= 1, f"--curriculum-fraction must lie in (0, 1]; got {fraction}")
+
+
+def reusable(path: Path, args: Args) -> dict | None:
+    """The finished run at ``path`` when its settings match ``args``; None when there is none (or
+    ``--overwrite`` replaces a differing one); a UsageError when they differ."""
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    recorded = result.get("settings", {})
+    settings = run_settings(args).items()
+    differ = [f"{k}: {recorded.get(k, 'not recorded')} -> {v}" for k, v in settings if recorded.get(k) != v]
+    if differ and not args.overwrite:
+        raise UsageError(
+            f"{path} ran with other settings ({'; '.join(differ)}): "
+            "choose another --name, or --overwrite to run it again"
+        )
+    return None if differ else result
 
 
 def decided_at(env_steps: int, args: Args, num_blocks: int) -> int:
@@ -164,6 +207,7 @@ def run_one(args: Args, algo: str, seed: int, path: Path) -> dict:
         "final": recorder.curve[-1],
         "curve": recorder.curve,
         "device": str(train_env.unwrapped.device),
+        "settings": run_settings(args),
     }
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")  # a run counts as done once this exists
     return result
@@ -218,16 +262,20 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
 
 
 def main(args: Args) -> list[dict]:
+    check_args(args)
     out = args.out_root / args.name
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    results = []
+    check_writable(out / "runs")
     jobs = [(algo, seed) for algo in args.algorithms for seed in args.seeds]
+    finished = {job: reusable(out / "runs" / f"{job[0]}_seed{job[1]}.json", args) for job in jobs}  # checked first
+    reused = [f"{algo} seed {seed}" for (algo, seed), r in finished.items() if r is not None]
+    if reused:
+        print(f"reusing {len(reused)} finished run(s) with the same settings from {out / 'runs'}: {', '.join(reused)}")
+    results = []
     for algo, seed in tqdm(jobs, desc="compare", unit="run"):
-        path = out / "runs" / f"{algo}_seed{seed}.json"
-        if path.exists():  # finished earlier: resume
-            results.append(json.loads(path.read_text()))
+        if finished[algo, seed] is not None:
+            results.append(finished[algo, seed])
             continue
-        results.append(run_one(args, algo, seed, path))
+        results.append(run_one(args, algo, seed, out / "runs" / f"{algo}_seed{seed}.json"))
         tqdm.write(
             f"{algo} seed {seed}: reward {results[-1]['final']['reward_mean']:.4f} "
             f"acc {results[-1]['final']['accuracy']:.4f} blocks {results[-1]['final']['blocks_mean']:.2f} "
@@ -259,4 +307,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run(main, Args, "experiments.compare", __doc__)

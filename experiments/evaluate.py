@@ -2,7 +2,9 @@
 heuristic baselines (full ResNet, FirstK and RandomK for K = 1..15).
 
     python -m experiments.evaluate                         # baselines with the shipped ResNet
-    python -m experiments.evaluate --policy runs/blockdrop/agent.pt --out results/evaluate/mine
+    python -m experiments.evaluate --list-policies         # the shipped agents' names
+    python -m experiments.evaluate --policy NAME --baselines full   # a shipped agent beside the full ResNet
+    python -m experiments.evaluate --policy runs/blockdrop/agent.pt --out runs/evaluate/mine
 
 Writes ``summary.json``, ``table.md`` and plots (accuracy against FLOPs; with a policy also a
 histogram of blocks kept, block usage per class and the images of the most frequent policies).
@@ -17,12 +19,13 @@ from typing import Literal
 
 import matplotlib.pyplot as plt
 import torch
-import tyro
 
 from agents.baselines import FullPolicy, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
+from agents.pretrained import list_policies, load_policy
 from blockdrop_env.checkpoint import run_metadata
 from blockdrop_env.device import Precision
+from experiments.cli import UsageError, check_writable, require, run
 from experiments.plotting import save_plot
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -30,8 +33,11 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 @dataclass
 class Args:
-    policy: Path | None = None
-    """BlockDrop agent checkpoint from ``experiments.train_blockdrop``; none: baselines only."""
+    policy: str | None = None
+    """A shipped agent's name (--list-policies) or an agent checkpoint from
+    ``experiments.train_blockdrop``; none: baselines only."""
+    list_policies: bool = False
+    """Print the shipped agents' names, one per line, and stop."""
     checkpoint: Path | None = None
     """Base ResNet checkpoint of the baselines (and of a policy saved without a finetuned ResNet);
     default: the shipped one. A policy saved with its finetuned ResNet is evaluated with that."""
@@ -51,7 +57,7 @@ class Args:
     """auto: the env's and the policy's half precision where the device has it natively; fp32: fp32."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
-    out: Path = Path("results/evaluate/baselines")
+    out: Path = Path("runs/evaluate/default")
     """Folder for summary.json, table.md and the plots."""
     plots: bool = True
     """Draw the plots."""
@@ -122,12 +128,20 @@ def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int
 
 
 def main(args: Args) -> list[dict]:
+    if args.list_policies:
+        print("\n".join(list_policies()))
+        return []
+    require(args.penalty <= 0, f"--penalty must be <= 0 (a wrong answer earns at most 0); got {args.penalty}")
+    require(args.batch_size is None or args.batch_size >= 1, f"--batch-size must be positive; got {args.batch_size}")
+    require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
+    check_writable(args.out)  # before the evaluation, not after it
     policy, resnet_checkpoint, policy_flops, name = None, args.checkpoint, 0.0, None
     if args.policy is not None:
-        from agents.reinforce import load_agent
-
-        agent = load_agent(args.policy, device=args.device, precision=args.precision)
-        policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({args.policy.name})"
+        try:
+            agent = load_policy(args.policy, device=args.device, precision=args.precision)
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({Path(args.policy).stem})"
     env = make_eval_env(
         args.split,
         args.batch_size,
@@ -179,4 +193,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run(main, Args, "experiments.evaluate", __doc__)

@@ -6,6 +6,11 @@ a one-cycle schedule. The checkpoint is written atomically with its metadata; a 
 written every epoch so that an interrupted run continues with ``--resume``.
 
     python -m experiments.pretrain_resnet --epochs 80 --out runs/pretrain/resnet32_cifar10.pt
+
+A fresh run refuses an ``--out`` whose checkpoint or resume file exists (``--resume`` continues,
+``--overwrite`` starts over); ``--resume`` refuses arguments that change what is trained (all but
+``--out``, ``--logdir``, ``--device``, ``--data-dir``, ``--download``; the one-cycle schedule is
+fixed by ``--epochs`` at the start), naming each.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from blockdrop_env.checkpoint import atomic_save, run_metadata, save_resnet
+from blockdrop_env.checkpoint import atomic_save, load_checkpoint, run_metadata, save_resnet
 from blockdrop_env.data import LAYOUTS, load_cifar, random_crop_flip
 from blockdrop_env.device import Precision, autocast, resolve_device
 from blockdrop_env.resnet import CifarResNet, predict
+from experiments.cli import check_writable, refuse_overwrite, remove_stale_temporaries, require, resume_mismatch, run
 
 
 @dataclass
@@ -65,6 +70,23 @@ class Args:
     """TensorBoard folder; default: beside the checkpoint."""
     resume: bool = False
     """Continue from the resume file beside ``out``."""
+    overwrite: bool = False
+    """Start a fresh run where a checkpoint or resume file exists, replacing them."""
+
+
+RESUME_MAY_CHANGE = ("resume", "overwrite", "out", "logdir", "device", "data_dir", "download")
+"""Arguments a resumed run may change: they do not change what is trained."""
+
+
+def check_args(args: Args) -> None:
+    """Refuse arguments that would fail later, with what was expected."""
+    require(args.dataset in LAYOUTS, f"--dataset must be one of {sorted(LAYOUTS)}; got {args.dataset!r}")
+    require(args.depth >= 8 and (args.depth - 2) % 6 == 0, f"--depth must be 6n+2 (20, 32, 110, ...); got {args.depth}")
+    for name in ("epochs", "batch_size", "limit"):
+        value = getattr(args, name)
+        require(value is None or value >= 1, f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    require(args.lr > 0, f"--lr must be > 0; got {args.lr}")
+    require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
 
 
 def sgd_step(
@@ -89,9 +111,21 @@ def sgd_step(
 
 def main(args: Args) -> dict:
     meta = run_metadata()  # at the start: the commit and command that ran
+    check_args(args)
+    resume_path = args.out.with_suffix(".resume.pt")
+    check_writable(args.out.parent)
+    refuse_overwrite([args.out, resume_path], args.resume, args.overwrite)
+    for path in (args.out, resume_path):
+        remove_stale_temporaries(path)
+    state = None
+    if args.resume:
+        require(resume_path.is_file(), f"--resume: no resume file at {resume_path}")
+        state = load_checkpoint(resume_path, "model", "pretraining resume file")
+        differ = resume_mismatch(state["args"], asdict(args), RESUME_MAY_CHANGE)
+        require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    num_classes = LAYOUTS[args.dataset].num_classes if args.dataset in LAYOUTS else 0
+    num_classes = LAYOUTS[args.dataset].num_classes
     model = CifarResNet(args.depth, num_classes).to(device).to(memory_format=torch.channels_last)
 
     train_x, train_y = load_cifar("train", args.data_dir, args.dataset, args.download)
@@ -115,10 +149,8 @@ def main(args: Args) -> dict:
     )
     generator = torch.Generator(device).manual_seed(args.seed)
 
-    resume_path = args.out.with_suffix(".resume.pt")
     start_epoch, elapsed = 0, 0.0
-    if args.resume:
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -166,7 +198,7 @@ def main(args: Args) -> dict:
                 "generator": generator.get_state(),
                 "epoch": epoch + 1,
                 "elapsed": elapsed,
-                "args": asdict(args),
+                "args": {k: str(v) for k, v in asdict(args).items()},
             },
             resume_path,
         )
@@ -195,4 +227,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run(main, Args, "experiments.pretrain_resnet", __doc__)

@@ -8,6 +8,13 @@ An epoch is one pass's worth of images of the train split (drawn with replacemen
 The checkpoint ``<out>/agent.pt`` is rewritten atomically every ``checkpoint_every`` epochs and at
 the end, with everything ``--resume`` needs to continue exactly: policy, optimiser, finetuned
 ResNet, epoch and the states of every random generator. TensorBoard logs go to ``<out>/tb``.
+
+A fresh run refuses an ``--out`` that already holds one (``--resume`` continues it, ``--overwrite``
+starts over). ``--resume`` refuses arguments that differ from the run's, naming each, except those
+that do not change what was trained: ``--stop-after``, ``--checkpoint-every``, ``--eval-every``,
+``--out``, ``--device``, ``--data-dir``, ``--compile``, ``--fused``, ``--precision``, and the epoch
+counts, which may grow or shrink as long as the epochs already run keep their stage (a run is
+extended by raising them). What a resumed run used is what its checkpoint records.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -36,6 +42,15 @@ from agents.reinforce import (
 from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
+from experiments.cli import (
+    UsageError,
+    check_writable,
+    refuse_overwrite,
+    remove_stale_temporaries,
+    require,
+    resume_mismatch,
+    run,
+)
 from experiments.forward_args import ForwardArgs
 
 
@@ -84,6 +99,8 @@ class Args(ForwardArgs):
     """Stop this run after this many epochs (for time-boxed runs; --resume continues)."""
     resume: bool = False
     """Continue the run in --out exactly where its checkpoint left it."""
+    overwrite: bool = False
+    """Start a fresh run in an --out that already holds one, replacing its checkpoint."""
     limit: int | None = None
     """Use only the first N train and N test images (smoke runs)."""
     seed: int = 0
@@ -92,6 +109,31 @@ class Args(ForwardArgs):
     """auto (CUDA when present), cpu or cuda."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
+
+
+RESUME_MAY_CHANGE = (
+    "resume overwrite stop_after checkpoint_every eval_every out device data_dir compile fused precision "
+    "curriculum_epochs finetune_epochs"
+).split()
+"""Arguments a resumed run may change (see the module docstring)."""
+
+
+def check_args(args: Args) -> None:
+    """Refuse arguments that would fail later or train nothing, with what was expected."""
+    require(args.curriculum_epochs >= 0 and args.finetune_epochs >= 0, "epoch counts must be >= 0")
+    require(sum(e for _, e in stages(args)) > 0, f"--stage {args.stage} has no epochs to run: give it some")
+    for name in ("batch_size", "finetune_batch_size", "checkpoint_every", "eval_every", "stop_after", "limit"):
+        value = getattr(args, name)
+        require(value is None or value >= 1, f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    for name in ("penalty", "finetune_penalty"):
+        value = getattr(args, name)
+        require(value <= 0, f"--{name.replace('_', '-')} must be <= 0 (a wrong answer earns at most 0); got {value}")
+    require(0.5 < args.alpha <= 1, f"--alpha must lie in (0.5, 1] (1: no exploration bound); got {args.alpha}")
+    require(args.beta >= 0, f"--beta must be >= 0; got {args.beta}")
+    require(args.lr > 0 and args.finetune_lr > 0, "learning rates must be > 0")
+    require(0 <= args.lr_decay_at <= 1, f"--lr-decay-at must lie in [0, 1]; got {args.lr_decay_at}")
+    require(args.curriculum_step > 0, f"--curriculum-step must be > 0; got {args.curriculum_step}")
+    require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
 
 
 def stages(args: Args) -> list[tuple[str, int]]:
@@ -138,14 +180,33 @@ def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     }
 
 
+def check_resume(args: Args, state: dict) -> None:
+    """Refuse a resume whose arguments differ from the run's (see the module docstring)."""
+    differ = resume_mismatch(state["args"], asdict(args), RESUME_MAY_CHANGE)
+    require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
+    plan, done = stages(args), state["epoch"]
+    total = sum(e for _, e in plan)
+    require(done < total, f"the run in {args.out} has run all {total} epochs: raise the epoch counts to go on")
+    require(
+        done == 0 or locate(done - 1, plan)[0] == state["stage"],
+        f"the run's epoch {done} was a {state['stage']} epoch; these epoch counts would make it another stage",
+    )
+
+
 def main(args: Args) -> dict:
+    check_args(args)
+    ckpt_path = args.out / "agent.pt"
+    check_writable(args.out)
+    refuse_overwrite([ckpt_path], args.resume, args.overwrite)
+    remove_stale_temporaries(ckpt_path)
+    if args.resume and not ckpt_path.is_file():
+        raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+    state = load_checkpoint(ckpt_path, "policy", "BlockDrop agent checkpoint") if args.resume else None
+    if state is not None:
+        check_resume(args, state)
     torch.manual_seed(args.seed)
     agent = BlockDropAgent(device=args.device, compile=args.compile, precision=args.precision)
     device = agent.device
-    ckpt_path = args.out / "agent.pt"
-    if args.resume and not ckpt_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-    state = load_checkpoint(ckpt_path, "policy", "BlockDrop agent checkpoint") if args.resume else None
 
     init = load_agent(args.init, device) if args.init is not None else None
     resnet, _ = load_resnet(args.resnet_checkpoint, device=device)
@@ -261,4 +322,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run(main, Args, "experiments.train_blockdrop", __doc__)

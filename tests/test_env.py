@@ -77,10 +77,12 @@ def test_strided_numpy_actions_are_accepted(env):
 
 
 def test_score_does_not_advance(env):
-    obs, _ = env.reset(seed=3)
+    obs, info = env.reset(seed=3)
     keep = np.r_[np.ones(7), np.zeros(8)]
     first = env.score(keep)
-    assert env.score(keep) == first and env.score(np.ones(15)) in (0.0, -1.0)
+    every = torch.ones(1, 15, dtype=torch.bool)
+    right = env.task.predict(torch.from_numpy(obs)[None], every).item() == env.task.labels[info["index"]].item()
+    assert env.score(keep) == first and env.score(np.ones(15)) == (0.0 if right else -1.0)
     obs_after, reward, *_ = env.step(keep)
     assert np.array_equal(obs, obs_after) and reward == first
 
@@ -143,6 +145,9 @@ def test_vector_env_seeding_is_deterministic(env_kwargs):
     for v in (a, b):
         v.reset(seed=7)
     assert torch.equal(a.step(keep)[0], b.step(keep)[0])
+    other = BlockDropVectorEnv(num_envs=4, split="train", **env_kwargs)
+    other.reset(seed=8)
+    assert not torch.equal(other.step(keep)[0], b.step(keep)[0])  # another seed, other images
 
 
 def test_registration_and_make_vec_native(env_kwargs):

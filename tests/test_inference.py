@@ -45,15 +45,17 @@ def test_gathered_features_equal_masked_features(gather_below):
 
 
 CPU = ForwardOptions.for_device(torch.device("cpu"))
+CPU_FP32 = ForwardOptions.for_device(torch.device("cpu"), precision="fp32")  # bf16's agreement: the real-data test
 
 
 def test_cpu_path_predicts_as_the_plain_path():
     model = trained_like(resnet32(), seed=0)
-    images, keep = random_batch(2 * CPU.chunk + 7)  # two full chunks and a ragged one
+    images, keep = random_batch(2 * CPU_FP32.chunk + 7)  # two full chunks and a ragged one
     expected = MaskedPredictor(model, PLAIN)(images, keep)
     assert torch.equal(expected, model(images, keep).argmax(1))
     assert CPU.channels_last and CPU.gather_below > 0 and MaskedPredictor(model).options == CPU
-    assert torch.equal(MaskedPredictor(model)(images, keep), expected)
+    assert CPU_FP32.gather_below > 0 and CPU_FP32.dtype == "float32"
+    assert torch.equal(MaskedPredictor(model, CPU_FP32)(images, keep), expected)
     assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -61,7 +63,7 @@ def test_compiled_cpu_path_predicts_as_the_plain_path():
     model = trained_like(CifarResNet(blocks_per_stage=1), seed=0)  # ResNet-8: compiles in seconds
     images, keep = random_batch(CPU.chunk, k=3)
     expected = MaskedPredictor(model, PLAIN)(images, keep)
-    compiled = ForwardOptions.for_device(torch.device("cpu"), compile="default")
+    compiled = ForwardOptions.for_device(torch.device("cpu"), compile="default", precision="fp32")
     assert compiled.gather_below == 0
     assert torch.equal(MaskedPredictor(model, compiled)(images, keep), expected)
     # Padding a ragged batch (as compiled CUDA forwards do) gives the same predictions, one shape.

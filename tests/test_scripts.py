@@ -15,6 +15,7 @@ from blockdrop_env.device import training_dtype
 from blockdrop_env.inference import ForwardOptions
 from experiments import evaluate as evaluate_script
 from experiments import pretrain_resnet, train_blockdrop
+from experiments.cli import UsageError
 
 from .conftest import requires_real_data
 
@@ -122,7 +123,7 @@ def test_mid_curriculum_evaluation_keeps_the_forced_blocks_on(tmp_path, env_kwar
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path, env_kwargs):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(UsageError, match="no checkpoint"):
         train_blockdrop.main(train_args(tmp_path, env_kwargs, resume=True))
 
 

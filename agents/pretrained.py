@@ -1,0 +1,55 @@
+"""Trained BlockDrop agents shipped with the package, loaded by name.
+
+    from agents.pretrained import list_policies, load_policy
+    agent = load_policy(list_policies()[0])          # or a path to any agent.pt
+    keep = agent.greedy(images)                      # (B, K) bool keep mask
+
+Each shipped agent is ``agents/pretrained/<name>.pt`` (policy, and the ResNet finetuned with it
+when there is one), with ``<name>.json`` beside it: the commands that trained and evaluated it and
+its test figures (README, Results).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blockdrop_env.device import Precision
+
+from .reinforce import BlockDropAgent, load_agent
+
+SHIPPED = Path(__file__).resolve().parent / "pretrained"
+
+
+def list_policies() -> list[str]:
+    """Names of the shipped agents, sorted."""
+    return sorted(path.stem for path in SHIPPED.glob("*.pt"))
+
+
+def policy_path(name_or_path: str | os.PathLike) -> Path:
+    """The checkpoint of a shipped agent's name, or ``name_or_path`` itself when it is a file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if str(name_or_path) in list_policies():
+        return SHIPPED / f"{name_or_path}.pt"
+    shipped = ", ".join(list_policies()) or "none"
+    raise FileNotFoundError(f"{name_or_path} is neither an agent checkpoint nor a shipped agent (shipped: {shipped})")
+
+
+def policy_card(name: str) -> dict[str, Any]:
+    """What is recorded of a shipped agent: commands, test figures."""
+    policy_path(name)  # a clear error for an unknown name
+    return json.loads((SHIPPED / f"{name}.json").read_text())
+
+
+def load_policy(
+    name_or_path: str | os.PathLike, device: str | torch.device = "auto", precision: Precision = "auto"
+) -> BlockDropAgent:
+    """A shipped agent by name (see :func:`list_policies`), or any agent checkpoint by path; a
+    finetuned ResNet comes with it as ``agent.resnet_state``."""
+    return load_agent(policy_path(name_or_path), device, precision)

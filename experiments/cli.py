@@ -1,0 +1,83 @@
+"""What every experiment script shares at its edges: the command line (``python -m ...`` in its
+help, a one-line description), argument errors printed as one line, and output checks made before
+any work (refuse to overwrite a run, fail early on an unwritable folder, refuse a resume whose
+arguments differ from the run's)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tyro
+
+A = TypeVar("A")
+
+
+class UsageError(ValueError):
+    """A bad argument, or an output the script refuses to touch: printed by :func:`run` as one
+    line (no traceback), exit status 2."""
+
+
+def run(main: Callable[[A], Any], args_type: type[A], module: str, doc: str | None) -> None:
+    """Parse the command line into ``args_type`` and call ``main``; a :class:`UsageError` ends the
+    script with one line on stderr. ``module`` names the script in ``--help`` (``python -m module``);
+    the first paragraph of ``doc`` is its description."""
+    description = (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+    args = tyro.cli(args_type, prog=f"python -m {module}", description=description)
+    try:
+        main(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a :class:`UsageError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise UsageError(message)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a file in it, or raise a UsageError: an output that cannot be
+    written fails before the work, not after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to {folder}: {e.strerror or e}") from e
+
+
+def refuse_overwrite(paths: Iterable[Path], resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run where one already wrote ``paths``, unless told to start over."""
+    if resume or overwrite:
+        return
+    for path in paths:
+        if path.exists():
+            raise UsageError(
+                f"{path} exists: pass --resume to continue that run, or --overwrite to start over and replace it"
+            )
+
+
+def resume_mismatch(saved: dict[str, str], current: dict[str, Any], may_change: Iterable[str]) -> list[str]:
+    """The arguments of ``current`` whose string form differs from the run's ``saved`` ones,
+    outside ``may_change``, as "name: saved -> current" lines."""
+    free = set(may_change)
+    return [
+        f"--{name.replace('_', '-')}: {saved[name]} -> {value}"
+        for name, value in current.items()
+        if name not in free and name in saved and saved[name] != str(value)
+    ]
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files that a killed atomic save of ``path`` left beside it."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if tmp.is_file():
+                tmp.unlink()
+        except OSError:
+            pass  # another process's save in flight, or no permission: not ours to force

@@ -1,0 +1,291 @@
+"""What the scripts and the env do with a user's mistake: no lost work, no silent misuse, errors
+that say what was expected (one line from a script)."""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blockdrop_env import BlockDropEnv, BlockDropVectorEnv
+from blockdrop_env.inference import ForwardOptions
+from experiments import compare, pretrain_resnet, train_blockdrop
+from experiments import evaluate as evaluate_script
+from experiments.cli import UsageError
+
+from .test_scripts import train_args
+
+ROOT = Path(__file__).resolve().parents[1]
+ONCE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def pretrain_args(synthetic_dir, out, **kw) -> pretrain_resnet.Args:
+    return pretrain_resnet.Args(
+        **{"epochs": 1, "batch_size": 16, "device": "cpu", "data_dir": str(synthetic_dir), "out": out, **kw}
+    )
+
+
+# Lost work
+
+
+def test_a_fresh_training_run_refuses_an_out_that_holds_a_run(tmp_path, env_kwargs):
+    args = train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1)
+    train_blockdrop.main(args)
+    agent = tmp_path / "run" / "agent.pt"
+    before = agent.read_bytes()
+    with pytest.raises(UsageError, match=r"agent\.pt exists: pass --resume .* or --overwrite"):
+        train_blockdrop.main(args)
+    assert agent.read_bytes() == before  # nothing touched
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1, overwrite=True))
+
+
+def test_a_fresh_pretraining_run_refuses_an_existing_checkpoint(synthetic_dir, tmp_path):
+    pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt"))
+    with pytest.raises(UsageError, match=r"r\.pt exists: pass --resume .* or --overwrite"):
+        pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt"))
+    pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt", overwrite=True))
+
+
+def test_an_unwritable_output_fails_before_any_work(tmp_path, env_kwargs, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the output must be checked before any work")
+
+    monkeypatch.setattr(evaluate_script, "evaluate", no_work)
+    monkeypatch.setattr(evaluate_script, "make_eval_env", no_work)
+    with pytest.raises(UsageError, match="cannot write to"):
+        evaluate_script.main(evaluate_script.Args(out=blocker / "eval", device="cpu"))
+    monkeypatch.setattr(train_blockdrop, "BlockDropAgent", no_work)
+    with pytest.raises(UsageError, match="cannot write to"):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, out=blocker / "run"))
+    monkeypatch.setattr(pretrain_resnet, "load_cifar", no_work)
+    with pytest.raises(UsageError, match="cannot write to"):
+        pretrain_resnet.main(pretrain_resnet.Args(out=blocker / "r.pt", device="cpu"))
+    monkeypatch.setattr(compare, "run_one", no_work)
+    with pytest.raises(UsageError, match="cannot write to"):
+        compare.main(compare.Args(out_root=blocker, device="cpu"))
+
+
+def test_pretraining_resume_refuses_a_changed_schedule(synthetic_dir, tmp_path, monkeypatch):
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(obj, path):
+        original(obj, path)
+        raise Crash
+
+    original = pretrain_resnet.atomic_save
+    monkeypatch.setattr(pretrain_resnet, "atomic_save", save_then_crash)
+    with pytest.raises(Crash):
+        pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt", epochs=2))
+    monkeypatch.setattr(pretrain_resnet, "atomic_save", original)
+    with pytest.raises(UsageError, match=r"--epochs: 2 -> 3"):
+        pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt", epochs=3, resume=True))
+    with pytest.raises(UsageError, match=r"--lr: 0\.2 -> 0\.1"):
+        pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt", epochs=2, lr=0.1, resume=True))
+    pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt", epochs=2, resume=True))
+
+
+def test_temporary_files_of_a_killed_save_are_cleaned_up(tmp_path, env_kwargs):
+    run = tmp_path / "run"
+    run.mkdir()
+    left = [run / ".agent.pt.k1l2.tmp", run / ".agent.pt.x9y8.tmp"]
+    for tmp in left:
+        tmp.write_bytes(b"half a checkpoint")
+    other = run / "notes.tmp"
+    other.write_text("the user's")
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1))
+    assert not any(tmp.exists() for tmp in left) and other.exists()
+
+
+def test_compare_reuses_only_runs_with_the_same_settings(tmp_path, env_kwargs, capsys, monkeypatch):
+    args = dict(
+        algorithms=("a2c",),
+        seeds=(0,),
+        env_steps=32,
+        num_envs=16,
+        eval_points=1,
+        name="tiny",
+        out_root=tmp_path,
+        checkpoint=env_kwargs["checkpoint"],
+        device="cpu",
+        data_dir=str(env_kwargs["data_dir"]),
+    )
+    first = compare.main(compare.Args(**args))
+    capsys.readouterr()
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished run with the same settings is reused")
+
+    monkeypatch.setattr(compare, "run_one", no_run)
+    assert compare.main(compare.Args(**args)) == first
+    assert "reusing 1 finished run(s)" in capsys.readouterr().out
+    with pytest.raises(UsageError, match=r"a2c_seed0\.json ran with other settings \(env_steps: 32 -> 48\)"):
+        compare.main(compare.Args(**{**args, "env_steps": 48}))
+    monkeypatch.undo()
+    again = compare.main(compare.Args(**{**args, "env_steps": 48, "overwrite": True}))
+    assert again[0]["env_steps"] == 48
+
+
+def test_user_commands_in_the_readme_write_outside_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    setup = next(line for line in readme.splitlines() if "pip install -e" in line)
+    assert "--out runs/" in setup
+    assert str(compare.Args().out_root).startswith("runs") and str(evaluate_script.Args().out).startswith("runs")
+
+
+# Wrong results, silently
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [({"lr": 0.01}, "--lr"), ({"seed": 4}, "--seed"), ({"limit": 40}, "--limit"), ({"batch_size": 8}, "--batch-size")],
+)
+def test_resume_refuses_changed_arguments_naming_each(tmp_path, env_kwargs, change, named):
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stop_after=1))
+    with pytest.raises(UsageError, match=f"differ from the run's: {named}: "):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, resume=True, **change))
+
+
+def test_resume_may_extend_a_run_and_records_what_it_used(tmp_path, env_kwargs):
+    args = dict(stage="curriculum", curriculum_epochs=1)
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, **args))
+    with pytest.raises(UsageError, match="has run all 1 epochs"):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, **args, resume=True))
+    summary = train_blockdrop.main(
+        train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=2, resume=True)
+    )
+    saved = torch.load(tmp_path / "run" / "agent.pt", weights_only=True)
+    assert summary["epoch"] == 2 and saved["epoch"] == 2 and saved["args"]["curriculum_epochs"] == "2"
+
+
+@given(penalty=st.floats(min_value=1e-6, max_value=1e6) | st.integers(1, 10**6))
+@ONCE
+def test_a_positive_penalty_is_refused_everywhere(penalty, env_kwargs, tmp_path):
+    with pytest.raises(ValueError, match="penalty must be a finite number <= 0"):
+        BlockDropEnv(penalty=penalty, **env_kwargs)
+    with pytest.raises(ValueError, match="penalty must be a finite number <= 0"):
+        BlockDropVectorEnv(num_envs=2, penalty=penalty, **env_kwargs)
+    with pytest.raises(UsageError, match="--penalty must be <= 0"):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, penalty=penalty))
+    with pytest.raises(UsageError, match="--finetune-penalty must be <= 0"):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, finetune_penalty=penalty))
+    with pytest.raises(UsageError, match="--penalty must be <= 0"):
+        evaluate_script.main(evaluate_script.Args(penalty=penalty, out=tmp_path / "e"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"curriculum_epochs": -1},
+        {"finetune_epochs": -5},
+        {"stop_after": 0},
+        {"checkpoint_every": 0},
+        {"eval_every": 0},
+        {"curriculum_epochs": 0, "finetune_epochs": 0},
+    ],
+)
+def test_training_that_would_do_nothing_or_die_later_is_refused_at_once(tmp_path, env_kwargs, bad):
+    with pytest.raises(UsageError):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, **bad))
+    assert not (tmp_path / "run" / "agent.pt").exists()
+
+
+# Security
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_resume_file_is_refused_without_running_it(synthetic_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "r.resume.pt", "wb") as f:
+        pickle.dump({"model": Payload()}, f)
+    with pytest.raises(ValueError, match="cannot be read"):
+        pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt", resume=True))
+    assert not (tmp_path / "pwned").exists()
+
+
+# Clear errors
+
+
+def test_fused_blocks_without_cuda_are_refused_at_construction(env_kwargs, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="fused Triton blocks run on CUDA"):
+        BlockDropVectorEnv(num_envs=2, fused="one", **env_kwargs)
+    with pytest.raises(ValueError, match="fused Triton blocks run on CUDA"):
+        BlockDropEnv(forward=ForwardOptions(fused="two"), **env_kwargs)
+
+
+@given(index=st.sampled_from(["3", None, "abc", b"1", {"a": 1}, object()]))
+@ONCE
+def test_non_integer_indices_say_what_was_expected(index, env_kwargs):
+    env = BlockDropEnv(split="test", **env_kwargs)
+    with pytest.raises(ValueError, match=r"options\['index'\] must be integer image indices"):
+        env.reset(options={"index": index})
+
+
+@given(index=st.integers(0, 15), as_numpy=st.booleans())
+@ONCE
+def test_integer_indices_show_that_image(index, as_numpy, env_kwargs):
+    env = BlockDropEnv(split="test", **env_kwargs)
+    obs, info = env.reset(options={"index": np.int64(index) if as_numpy else index})
+    assert info["index"] == index and np.array_equal(obs, env.task.images[index].numpy())
+
+
+@pytest.mark.parametrize("penalty", ["-1", None, True, [1]])
+def test_a_non_numeric_penalty_says_what_was_expected(penalty, env_kwargs):
+    with pytest.raises(ValueError, match="penalty must be a number <= 0"):
+        BlockDropEnv(penalty=penalty, **env_kwargs)
+
+
+@pytest.mark.parametrize("limit", [2.5, "10", 0, -3, True])
+def test_a_bad_limit_says_what_was_expected(limit, env_kwargs):
+    with pytest.raises(ValueError, match="limit must be None or a positive integer"):
+        BlockDropVectorEnv(num_envs=2, limit=limit, **env_kwargs)
+
+
+@given(alpha=st.floats(allow_nan=False, allow_infinity=False).filter(lambda a: not 0.5 < a <= 1))
+@ONCE
+def test_alpha_outside_its_range_is_refused(alpha, tmp_path, env_kwargs):
+    with pytest.raises(UsageError, match=r"--alpha must lie in \(0\.5, 1\]"):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, alpha=alpha))
+
+
+@pytest.mark.parametrize("bad", [{"limit": 0}, {"batch_size": 0}, {"epochs": 0}, {"depth": 31}])
+def test_pretraining_refuses_zero_sizes(synthetic_dir, tmp_path, bad):
+    with pytest.raises(UsageError):
+        pretrain_resnet.main(pretrain_args(synthetic_dir, tmp_path / "r.pt", **bad))
+
+
+@pytest.mark.parametrize(
+    "module, argv, says",
+    [
+        ("experiments.train_blockdrop", ["--alpha", "2"], "--alpha must lie in (0.5, 1]"),
+        ("experiments.pretrain_resnet", ["--batch-size", "0"], "--batch-size must be a positive integer"),
+        ("experiments.evaluate", ["--penalty", "3"], "--penalty must be <= 0"),
+        ("experiments.compare", ["--algorithms", "dqn"], "--algorithms must be among"),
+    ],
+)
+def test_a_bad_argument_prints_one_line_not_a_traceback(module, argv, says):
+    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"] and says in proc.stderr
+
+
+def test_help_names_the_module_and_describes_the_script():
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train_blockdrop", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "python -m experiments.train_blockdrop" in proc.stdout
+    assert "Train the BlockDrop agent" in proc.stdout
