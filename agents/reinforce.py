@@ -35,6 +35,12 @@ from blockdrop_env.inference import CompileMode
 
 from .policy import PolicyNet
 
+FinetuneBatchNorm = Literal["frozen", "train"]
+"""Batch norm of the ResNet in joint finetuning. "frozen" (default): eval mode, the pretrained
+statistics stay; "train": as the authors' ``finetune.py``, train mode in the training step (batch
+statistics in the forwards of the sampled and the greedy action, running averages updated by
+both), eval mode in every test walk."""
+
 EntropyBonus = Literal["bernoulli", "authors"]
 """How the exploration bonus is computed from the bounded probabilities s'.
 
@@ -61,6 +67,8 @@ class ReinforceConfig:
     """Form of the entropy bonus; see :data:`EntropyBonus`."""
     finetune: bool = False
     """Train the env's ResNet too, with the cross-entropy under the sampled action."""
+    finetune_bn: FinetuneBatchNorm = "frozen"
+    """Batch norm of the ResNet in finetuning; see :data:`FinetuneBatchNorm`."""
 
 
 def bounded(probs: Tensor, alpha: float) -> Tensor:
@@ -159,14 +167,22 @@ def train_step(
     probs = probs.float()
     greedy = (probs.detach() >= 0.5) | forced
     sampled = torch.bernoulli(bounded(probs.detach(), config.alpha), generator=generator).bool() | forced
-    loss_extra, prediction = torch.zeros((), device=base.device), None
+    loss_extra, prediction, baseline_prediction = torch.zeros((), device=base.device), None, None
     if config.finetune:
+        batch_stats = config.finetune_bn == "train"
+        base.resnet.train(batch_stats)
         with agent.autocast():
             logits = base.resnet(images, sampled)
+            if batch_stats:  # the greedy action under batch statistics too, as the authors ran it
+                with torch.no_grad():
+                    baseline_prediction = base.resnet(images, greedy).argmax(1)
+        base.resnet.eval()  # the env's own forwards and every test walk use the running statistics
         loss_extra = F.cross_entropy(logits.float(), base.labels)
         prediction = logits.detach().argmax(1)  # the env scores these instead of a forward of its own
-    # Without a prediction, the greedy baseline is scored in the same ResNet forward as the sampled action.
-    _, reward, _, _, info = env.step(sampled, baseline=greedy, prediction=prediction)
+    # Without predictions, the greedy baseline is scored in the same ResNet forward as the sampled action.
+    _, reward, _, _, info = env.step(
+        sampled, baseline=greedy, prediction=prediction, baseline_prediction=baseline_prediction
+    )
     reward_greedy = info["baseline_reward"]
     loss, entropy = reinforce_loss(
         probs, sampled, reward - reward_greedy, ~forced, config.alpha, config.beta, config.entropy
@@ -187,8 +203,8 @@ def train_step(
 
 
 def make_optimizer(agent: BlockDropAgent, env: Any, config: ReinforceConfig) -> torch.optim.Adam:
-    """Adam over the policy, and over the env's ResNet when finetuning (which unfreezes it; its
-    batch-norm statistics stay frozen: the ResNet stays in eval mode)."""
+    """Adam over the policy, and over the env's ResNet when finetuning (which unfreezes its weights;
+    its batch norm follows ``config.finetune_bn``)."""
     params = list(agent.policy.parameters())
     resnet = env.unwrapped.resnet
     resnet.requires_grad_(config.finetune)

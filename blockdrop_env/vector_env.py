@@ -118,7 +118,12 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         return self.evaluate(keep).reward
 
     def step(
-        self, actions: Any, *, baseline: Any = None, prediction: Tensor | None = None
+        self,
+        actions: Any,
+        *,
+        baseline: Any = None,
+        prediction: Tensor | None = None,
+        baseline_prediction: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         """Score ``actions`` on the current images and show the next ones.
 
@@ -128,14 +133,17 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         ``prediction``: the (num_envs,) classes ``env.resnet`` predicts under ``actions`` on the
         current images, when the agent ran that forward itself (joint finetuning runs it with
         gradients for the cross-entropy); the env then scores them without a forward of its own.
+        ``baseline_prediction``: the same for ``baseline``.
         """
         images = self._require_images()
         labels = self.task.labels[self._indices]
         keep = self._check(actions)
-        if baseline is None or prediction is not None:
+        if baseline_prediction is not None and baseline is None:
+            raise ValueError("baseline_prediction is the prediction of a baseline action: pass baseline too")
+        if baseline is None or prediction is not None or baseline_prediction is not None:
             out = self.task.outcome(images, labels, keep, prediction)
             if baseline is not None:
-                baseline_reward = self.task.outcome(images, labels, self._check(baseline)).reward
+                baseline_reward = self.task.outcome(images, labels, self._check(baseline), baseline_prediction).reward
         else:
             both = self.task.outcome(images, labels, torch.stack([keep, self._check(baseline)]))
             out, baseline_reward = Outcome(*(field[0] for field in both)), both.reward[1]

@@ -79,10 +79,11 @@ class CurriculumVectorWrapper(_Curriculum, gym.vector.VectorActionWrapper):
         return as_keep_mask(actions, (self.num_envs,), self.num_blocks, self._device) | self.forced
 
     def step(
-        self, actions: Any, *, baseline: Any = None, prediction: Tensor | None = None
+        self, actions: Any, *, baseline: Any = None, **predictions: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """``predictions``: ``prediction`` / ``baseline_prediction``, passed on (see the vector env)."""
         baseline = None if baseline is None else self.actions(baseline)
-        return self.env.step(self.actions(actions), baseline=baseline, prediction=prediction)
+        return self.env.step(self.actions(actions), baseline=baseline, **predictions)
 
     def score(self, keep: Any) -> Tensor:
         return self.env.score(self.actions(keep))

@@ -33,6 +33,7 @@ from agents.evaluation import Policy, evaluate, make_eval_env
 from agents.reinforce import (
     BlockDropAgent,
     EntropyBonus,
+    FinetuneBatchNorm,
     ReinforceConfig,
     load_agent,
     make_optimizer,
@@ -76,6 +77,9 @@ class Args(ForwardArgs):
     """Reward of a wrong prediction in curriculum learning."""
     finetune_penalty: float = -10.0
     """Reward of a wrong prediction in finetuning (the paper: -5 or -10)."""
+    finetune_bn: FinetuneBatchNorm = "frozen"
+    """Batch norm of the ResNet in finetuning: frozen (eval mode, the pretrained statistics) or train
+    (the authors' finetune.py: batch statistics in training steps, running averages updated)."""
     alpha: float = 0.8
     """Bound of the exploration probabilities."""
     beta: float = 0.1
@@ -277,6 +281,7 @@ def main(args: Args) -> dict:
                 beta=args.beta if name == "curriculum" else 0.0,
                 entropy=args.entropy,
                 finetune=name == "finetune",
+                finetune_bn=args.finetune_bn,
             )
             optimizer = make_optimizer(agent, env, config)
             test_env.task.penalty = env.unwrapped.task.penalty  # test rewards on the stage's terms

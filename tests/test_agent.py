@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -19,10 +20,11 @@ from agents.reinforce import (
 )
 from blockdrop_env.env import BlockDropEnv
 from blockdrop_env.resnet import predict
+from blockdrop_env.reward import blockdrop_reward
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, CurriculumWrapper, curriculum_decided
 
-from .conftest import synthetic_learnable
+from .conftest import synthetic_learnable, trained_like
 
 
 def entropy(p: float) -> float:
@@ -179,3 +181,28 @@ def test_compiled_agent_acts_and_trains_like_the_eager_one(env_kwargs):
     stats = train_step(compiled, env, make_optimizer(compiled, env, config), config, torch.Generator().manual_seed(0))
     assert torch.isfinite(stats["loss"]) and stats["reward"].shape == (16,)
     assert any(not torch.equal(b, p) for b, p in zip(before, compiled.policy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("finetune_bn", ["frozen", "train"])
+def test_finetuning_batch_norm_frozen_or_in_train_mode(env_kwargs, finetune_bn):
+    env = BlockDropVectorEnv(num_envs=8, split="train", augment=False, penalty=-5.0, precision="fp32", **env_kwargs)
+    trained_like(env.resnet, seed=2)
+    images, labels = env.reset(seed=0)[0].clone(), env.labels.clone()
+    agent = BlockDropAgent(device="cpu", precision="fp32")
+    config = ReinforceConfig(lr=1e-3, beta=0.0, finetune=True, finetune_bn=finetune_bn)
+    optimizer = make_optimizer(agent, env, config)
+    resnet_before, policy_before = copy.deepcopy(env.resnet), copy.deepcopy(agent.policy)
+    stats = train_step(agent, env, optimizer, config, torch.Generator().manual_seed(5))
+    assert not env.resnet.training  # test walks and the env's own forwards use the running statistics
+    running_before = resnet_before.blocks[0].residual[1].running_mean
+    running_after = env.resnet.blocks[0].residual[1].running_mean
+    assert torch.equal(running_before, running_after) == (finetune_bn == "frozen")
+    # The step's rewards are those of the ResNet in the chosen mode (batch statistics for "train").
+    resnet_before.train(finetune_bn == "train")
+    with torch.no_grad():
+        probs, _ = policy_before.train()(images)
+        greedy = probs >= 0.5
+        sampled = torch.bernoulli(bounded(probs, config.alpha), generator=torch.Generator().manual_seed(5)).bool()
+        for keep, reward in ((sampled, stats["reward"]), (greedy, stats["reward_greedy"])):
+            correct = resnet_before(images, keep).argmax(1) == labels
+            assert torch.equal(blockdrop_reward(correct, keep.sum(1), 15, -5.0), reward)
