@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blockdrop_env.resnet import CifarResNet
@@ -18,13 +19,19 @@ class PolicyNet(nn.Module):
     a linear layer with K sigmoid outputs, the keep probabilities s_k, and a linear value head
     (kept for fidelity to the paper and for actor-critic users; REINFORCE does not use it).
 
-    Takes raw uint8 images like the env's observations. Its weights and activations are
-    channels_last, the layout oneDNN (CPU) and cuDNN's bf16 kernels (CUDA) run fastest in.
+    Takes raw uint8 images like the env's observations. ``input_size`` < 32 first averages them
+    down to that size (16: 2x2 pooling), as the authors' ImageNet policy looks at a downsampled
+    image: the trunk then costs (input_size / 32)^2 of its full-size FLOPs. Its weights and
+    activations are channels_last, the layout oneDNN (CPU) and cuDNN's bf16 kernels (CUDA) run
+    fastest in.
     """
 
-    def __init__(self, num_blocks: int = 15) -> None:
+    def __init__(self, num_blocks: int = 15, input_size: int = 32) -> None:
         super().__init__()
+        if input_size not in (8, 16, 32):
+            raise ValueError(f"input_size must be 32 (full images), 16 or 8; got {input_size!r}")
         self.num_blocks = num_blocks
+        self.input_size = input_size
         self.trunk = resnet8_trunk()
         self.keep_head = nn.Linear(self.trunk.feature_dim, num_blocks)
         self.value_head = nn.Linear(self.trunk.feature_dim, 1)
@@ -32,9 +39,14 @@ class PolicyNet(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Keep probabilities (B, K) and values (B,)."""
-        features = self.trunk(images.contiguous(memory_format=torch.channels_last))
+        images = images.contiguous(memory_format=torch.channels_last)
+        if self.input_size < images.shape[-1]:
+            images = F.avg_pool2d(images.float().div(255), images.shape[-1] // self.input_size)
+        features = self.trunk(images)
         return torch.sigmoid(self.keep_head(features)), self.value_head(features).squeeze(1)
 
     def flops(self) -> float:
-        """FLOPs per image of deciding: the trunk and the keep head (2 x multiply-adds)."""
-        return float(self.trunk.flops()) + 2 * self.trunk.feature_dim * self.num_blocks
+        """FLOPs per image of deciding: the trunk and the keep head (2 x multiply-adds; the
+        downsampling's few additions are not counted, like the ResNet's pooling)."""
+        area = (self.input_size / 32) ** 2  # every convolution's output shrinks with the input
+        return float(self.trunk.flops()) * area + 2 * self.trunk.feature_dim * self.num_blocks

@@ -4,7 +4,7 @@
     agent = load_policy(list_policies()[0])          # or a path to any agent.pt
     keep = agent.greedy(images)                      # (B, K) bool keep mask
 
-Each shipped agent is ``agents/pretrained/<name>.pt`` (policy, and the ResNet finetuned with it
+Each shipped agent is ``agents/trained/<name>.pt`` (policy, and the ResNet finetuned with it
 when there is one), with ``<name>.json`` beside it: the commands that trained and evaluated it and
 its test figures (README, Results).
 """
@@ -22,7 +22,7 @@ from blockdrop_env.device import Precision
 
 from .reinforce import BlockDropAgent, load_agent
 
-SHIPPED = Path(__file__).resolve().parent / "pretrained"
+SHIPPED = Path(__file__).resolve().parent / "trained"
 
 
 def list_policies() -> list[str]:

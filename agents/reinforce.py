@@ -115,6 +115,8 @@ class BlockDropAgent:
     training and acting; None (default) runs it eager. ``policy`` stays the plain module
     (its state is what is saved). ``precision``: "auto" (bf16 autocast where the device has it
     natively) or "fp32"; it also sets the autocast of the ResNet's forward in joint finetuning.
+    ``policy_input``: the image size the policy looks at (32, or 16 / 8 for a cheaper policy on a
+    downsampled image; see :class:`PolicyNet`).
     """
 
     def __init__(
@@ -123,10 +125,11 @@ class BlockDropAgent:
         device: str | torch.device = "auto",
         compile: CompileMode | None = None,
         precision: Precision = "auto",
+        policy_input: int = 32,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
-        self.policy = PolicyNet(num_blocks).to(self.device)
+        self.policy = PolicyNet(num_blocks, policy_input).to(self.device)
         self.forward = self.policy if compile is None else torch.compile(self.policy, mode=compile, dynamic=False)
         self.resnet_state: dict[str, Tensor] | None = None  # set when loaded from a finetuned run
 
@@ -221,6 +224,7 @@ def save_agent(path: str | os.PathLike, agent: BlockDropAgent, **state: Any) -> 
         {
             "policy": agent.policy.state_dict(),
             "num_blocks": agent.policy.num_blocks,
+            "policy_input": agent.policy.input_size,
             "resnet": None if resnet is None else {k: v.detach().cpu() for k, v in resnet.state_dict().items()},
             **state,
         },
@@ -233,7 +237,8 @@ def load_agent(
 ) -> BlockDropAgent:
     """A trained agent from a checkpoint of ``experiments.train_blockdrop`` (or ``save_agent``)."""
     ckpt = load_checkpoint(path, required="policy", kind="BlockDrop agent checkpoint")
-    agent = BlockDropAgent(ckpt.get("num_blocks", 15), device, precision=precision)
+    size = ckpt.get("policy_input", 32)  # checkpoints before the option: full-size images
+    agent = BlockDropAgent(ckpt.get("num_blocks", 15), device, precision=precision, policy_input=size)
     agent.policy.load_state_dict(ckpt["policy"])
     agent.policy.eval()
     agent.resnet_state = ckpt.get("resnet")

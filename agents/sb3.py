@@ -10,7 +10,10 @@ import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
+
+from blockdrop_env.sb3 import SB3VecEnv
 
 from .policy import resnet8_trunk
 
@@ -57,14 +60,34 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 ALGORITHMS = tuple(DEFAULTS)
 
 
+def make_sb3_env(env_id: str = "BlockDrop-CIFAR10-R32", num_envs: int = 256, **env_kwargs: Any) -> SB3VecEnv:
+    """The native vector env of ``env_id`` (``gym.make_vec``: one batched ResNet forward per step)
+    behind SB3's ``VecEnv`` interface."""
+    import blockdrop_env  # noqa: F401 - registers the ids
+
+    return SB3VecEnv(gym.make_vec(env_id, num_envs=num_envs, **env_kwargs))
+
+
 def make_algorithm(
-    name: str, env, seed: int = 0, device: str | torch.device = "auto", **overrides: Any
+    name: str,
+    env: VecEnv | str,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    num_envs: int = 256,
+    env_kwargs: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> BaseAlgorithm:
-    """PPO, A2C (Stable-Baselines3) or TRPO (sb3-contrib) with the ResNet-8 extractor on ``env``
-    (an SB3 VecEnv, e.g. :class:`blockdrop_env.sb3.SB3VecEnv`)."""
+    """PPO, A2C (Stable-Baselines3) or TRPO (sb3-contrib) with the ResNet-8 extractor on ``env``:
+    an SB3 VecEnv (e.g. :class:`blockdrop_env.sb3.SB3VecEnv`), or an env id such as
+    ``"BlockDrop-CIFAR10-R32"``, made with :func:`make_sb3_env` (``num_envs`` images per step,
+    ``env_kwargs`` for the env, on ``device``). ``overrides`` go to the algorithm."""
     name = name.lower()
     if name not in DEFAULTS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {name!r}")
+    if isinstance(env, str):
+        env = make_sb3_env(env, num_envs, device=device, **(env_kwargs or {}))
+    elif env_kwargs:
+        raise ValueError("env_kwargs configure an env made from an id; this env is made already")
     cls = {"ppo": PPO, "a2c": A2C}.get(name) or _trpo()
     kwargs = {**DEFAULTS[name], **overrides}
     kwargs["policy_kwargs"] = {

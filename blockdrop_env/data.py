@@ -2,9 +2,10 @@
 
 Where the data is, in order: an explicit directory, ``$BLOCKDROP_DATA_DIR``, then the default
 places (:func:`default_data_dirs`). Each place may hold ``cifar-10-batches-py/`` (or
-``cifar-100-python/``) or be that folder itself. When none has it, torchvision downloads it into
-the first default place if ``download=True``; otherwise a ``FileNotFoundError`` lists every place
-tried and says how to fix it.
+``cifar-100-python/``) or be that folder itself. When none has it and ``download=True`` (the
+scripts' ``--download``), torchvision downloads it (about 170 MB) into the explicit directory, else
+``$BLOCKDROP_DATA_DIR``, else the user's cache ``~/.cache/blockdrop/data`` (``$XDG_CACHE_HOME``
+respected); otherwise a ``FileNotFoundError`` lists every place tried and says how to fix it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return default_data_dirs()
 
 
+def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``download=True`` puts the dataset: ``data_dir``, else ``$BLOCKDROP_DATA_DIR``, else
+    the user's cache folder (the last of :func:`default_data_dirs`)."""
+    if data_dir is not None or os.environ.get(ENV_VAR):
+        return candidate_dirs(data_dir)[0]
+    return default_data_dirs()[-1]
+
+
 def find_dataset(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
     """The folder holding the dataset's batch files; see the module docstring for the search."""
     layout = _layout(dataset)
@@ -85,7 +94,7 @@ def find_dataset(dataset: str = "cifar10", data_dir: str | os.PathLike | None = 
     if download:
         from torchvision import datasets
 
-        root = candidate_dirs(data_dir)[0]
+        root = download_dir(data_dir)
         cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
         cls(str(root), train=True, download=True)
         return root / layout.folder
@@ -93,7 +102,7 @@ def find_dataset(dataset: str = "cifar10", data_dir: str | os.PathLike | None = 
     raise FileNotFoundError(
         f"{dataset} ({layout.folder}/) not found. Places tried:\n{listing}\n"
         f"Fix: pass data_dir=..., set ${ENV_VAR} to the folder holding {layout.folder}/, "
-        "or pass download=True to fetch it with torchvision."
+        f"or pass download=True (--download to the scripts) to fetch it into {download_dir(data_dir)}."
     )
 
 

@@ -37,7 +37,7 @@ from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
-from blockdrop_env.data import random_crop_flip
+from blockdrop_env.data import find_dataset, random_crop_flip
 from blockdrop_env.device import Precision, resolve_device, training_dtype
 from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, MaskedPredictor
 from blockdrop_env.resnet import CifarResNet
@@ -83,6 +83,9 @@ class Args:
     """Folder for bench.json and bench.md (rewritten after every figure, so a run cut off keeps its figures)."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
+    download: bool = False
+    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
+    ~/.cache/blockdrop/data) when it is not found."""
     checkpoint: Path | None = None
     """ResNet checkpoint; default: the shipped one."""
 
@@ -291,6 +294,8 @@ def markdown(result: dict) -> str:
 
 def main(args: Args) -> dict:
     check_writable(args.out)
+    if args.download:
+        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     ref_batch = args.reference_batch or (8192 if cuda else 256)

@@ -34,6 +34,7 @@ from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import greedy_policy, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, run_metadata
+from blockdrop_env.data import find_dataset
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
@@ -77,6 +78,9 @@ class Args(ForwardArgs):
     """auto (CUDA when present), cpu or cuda."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
+    download: bool = False
+    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
+    ~/.cache/blockdrop/data) when it is not found."""
 
 
 RUN_SETTINGS = (
@@ -265,6 +269,8 @@ def main(args: Args) -> list[dict]:
     check_args(args)
     out = args.out_root / args.name
     check_writable(out / "runs")
+    if args.download:
+        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
     jobs = [(algo, seed) for algo in args.algorithms for seed in args.seeds]
     finished = {job: reusable(out / "runs" / f"{job[0]}_seed{job[1]}.json", args) for job in jobs}  # checked first
     reused = [f"{algo} seed {seed}" for (algo, seed), r in finished.items() if r is not None]

@@ -24,6 +24,7 @@ from agents.baselines import FullPolicy, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import list_policies, load_policy
 from blockdrop_env.checkpoint import run_metadata
+from blockdrop_env.data import find_dataset
 from blockdrop_env.device import Precision
 from experiments.cli import UsageError, check_writable, require, run
 from experiments.plotting import save_plot
@@ -57,6 +58,9 @@ class Args:
     """auto: the env's and the policy's half precision where the device has it natively; fp32: fp32."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
+    download: bool = False
+    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
+    ~/.cache/blockdrop/data) when it is not found."""
     out: Path = Path("runs/evaluate/default")
     """Folder for summary.json, table.md and the plots."""
     plots: bool = True
@@ -135,6 +139,8 @@ def main(args: Args) -> list[dict]:
     require(args.batch_size is None or args.batch_size >= 1, f"--batch-size must be positive; got {args.batch_size}")
     require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
     check_writable(args.out)  # before the evaluation, not after it
+    if args.download:
+        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
     policy, resnet_checkpoint, policy_flops, name = None, args.checkpoint, 0.0, None
     if args.policy is not None:
         try:

@@ -41,6 +41,7 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
+from blockdrop_env.data import find_dataset
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments.cli import (
@@ -89,6 +90,8 @@ class Args(ForwardArgs):
     pulls blocks toward being dropped) or "bernoulli" (the Bernoulli entropy of the decided blocks)."""
     curriculum_step: float = 1.0
     """Blocks handed to the policy per curriculum epoch (fractions allowed: 0.1 = one per 10 epochs)."""
+    policy_input: int = 32
+    """Image size the policy looks at: 32, or 16 / 8 for a cheaper policy on a downsampled image."""
     init: Path | None = None
     """Agent checkpoint to start from (e.g. a curriculum run for --stage finetune)."""
     resnet_checkpoint: Path | None = None
@@ -113,6 +116,9 @@ class Args(ForwardArgs):
     """auto (CUDA when present), cpu or cuda."""
     data_dir: str | None = None
     """Folder holding the CIFAR batches; default: the package's search."""
+    download: bool = False
+    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
+    ~/.cache/blockdrop/data) when it is not found."""
 
 
 RESUME_MAY_CHANGE = (
@@ -203,18 +209,26 @@ def main(args: Args) -> dict:
     check_writable(args.out)
     refuse_overwrite([ckpt_path], args.resume, args.overwrite)
     remove_stale_temporaries(ckpt_path)
+    if args.download:
+        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
     if args.resume and not ckpt_path.is_file():
         raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
     state = load_checkpoint(ckpt_path, "policy", "BlockDrop agent checkpoint") if args.resume else None
     if state is not None:
         check_resume(args, state)
     torch.manual_seed(args.seed)
-    agent = BlockDropAgent(device=args.device, compile=args.compile, precision=args.precision)
+    require(args.policy_input in (8, 16, 32), f"--policy-input must be 32, 16 or 8; got {args.policy_input}")
+    agent = BlockDropAgent(
+        device=args.device, compile=args.compile, precision=args.precision, policy_input=args.policy_input
+    )
     device = agent.device
 
     init = load_agent(args.init, device) if args.init is not None else None
     resnet, _ = load_resnet(args.resnet_checkpoint, device=device)
     if init is not None:
+        size = init.policy.input_size
+        looks = f"--init {args.init} looks at {size}x{size} images"
+        require(size == args.policy_input, f"{looks}: give --policy-input {size}")
         agent.policy.load_state_dict(init.policy.state_dict())
         if init.resnet_state is not None and args.resnet_checkpoint is None:
             resnet.load_state_dict(init.resnet_state)

@@ -16,6 +16,7 @@ from agents.reinforce import (
     load_agent,
     make_optimizer,
     reinforce_loss,
+    save_agent,
     train_step,
 )
 from blockdrop_env.env import BlockDropEnv
@@ -206,3 +207,19 @@ def test_finetuning_batch_norm_frozen_or_in_train_mode(env_kwargs, finetune_bn):
         for keep, reward in ((sampled, stats["reward"]), (greedy, stats["reward_greedy"])):
             correct = resnet_before(images, keep).argmax(1) == labels
             assert torch.equal(blockdrop_reward(correct, keep.sum(1), 15, -5.0), reward)
+
+
+def test_a_policy_on_downsampled_images_costs_a_quarter_and_is_saved_with_its_size(tmp_path):
+    full, small = PolicyNet(15), PolicyNet(15, input_size=16)
+    trunk = full.flops() - 2 * 64 * 15
+    assert small.flops() == pytest.approx(trunk / 4 + 2 * 64 * 15)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    small.load_state_dict(full.state_dict())  # same weights, other input: other decisions
+    assert small(images)[0].shape == (3, 15) and not torch.allclose(small(images)[0], full(images)[0])
+    pooled = torch.nn.functional.avg_pool2d(images.float() / 255, 2)
+    assert torch.allclose(small(images)[0], small.keep_head(small.trunk(pooled)).sigmoid(), atol=1e-6)
+    agent = BlockDropAgent(device="cpu", policy_input=16)
+    save_agent(tmp_path / "a.pt", agent)
+    assert load_agent(tmp_path / "a.pt", device="cpu").policy.input_size == 16
+    with pytest.raises(ValueError, match="input_size must be"):
+        PolicyNet(15, input_size=20)

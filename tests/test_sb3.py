@@ -89,3 +89,14 @@ def test_trpo_runs_through_the_adapter(env_kwargs):
     model.learn(32)
     assert model.num_timesteps == 32
     assert greedy_policy(model)(torch.zeros(3, 3, 32, 32, dtype=torch.uint8)).shape == (3, 15)
+
+
+def test_make_algorithm_takes_the_env_id(env_kwargs):
+    kwargs = {k: v for k, v in env_kwargs.items() if k != "device"}
+    model = make_algorithm("a2c", "BlockDrop-CIFAR10-R32", device="cpu", num_envs=4, env_kwargs=kwargs)
+    assert isinstance(model.get_env(), SB3VecEnv) and model.get_env().num_envs == 4
+    assert isinstance(model.get_env().base, BlockDropVectorEnv)
+    model.learn(8)
+    assert model.num_timesteps == 8
+    with pytest.raises(ValueError, match="made already"):
+        make_algorithm("a2c", model.get_env(), device="cpu", env_kwargs=kwargs)

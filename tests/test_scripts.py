@@ -288,3 +288,38 @@ def test_fused_env_blocks_take_precedence_over_compiling_the_env_forward():
     auto = {"precision": "auto"}
     assert ForwardArgs(compile="default").env_forward() == {"compile": "default", "fused": None, **auto}
     assert ForwardArgs(compile="default", fused="one").env_forward() == {"compile": None, "fused": "one", **auto}
+
+
+class Fetched(Exception):
+    """Raised by a stand-in for the download: the script asked for it."""
+
+
+@pytest.mark.parametrize("script", ["train_blockdrop", "evaluate", "compare", "bench", "pretrain_resnet"])
+def test_every_script_that_loads_cifar_takes_download(script, tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"experiments.{script}")
+    asked = []
+
+    def fetch(*args, **kwargs):
+        asked.append(kwargs.get("download", args[-1] if args else None))
+        raise Fetched
+
+    monkeypatch.setattr(module, "load_cifar" if script == "pretrain_resnet" else "find_dataset", fetch)
+    out = "out_root" if script == "compare" else "out"
+    target = tmp_path / ("r.pt" if script == "pretrain_resnet" else "o")
+    args = module.Args(download=True, data_dir=str(tmp_path / "data"), **{out: target})
+    with pytest.raises(Fetched):
+        module.main(args)
+    assert asked == [True]
+
+
+def test_download_goes_to_the_named_folder_else_the_users_cache(tmp_path, monkeypatch):
+    from blockdrop_env.data import ENV_VAR, download_dir
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert download_dir() == tmp_path / "cache" / "blockdrop" / "data"
+    assert download_dir(tmp_path / "mine") == tmp_path / "mine"
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env"))
+    assert download_dir() == tmp_path / "env"

@@ -1,0 +1,50 @@
+"""Shipped agents by name: listed, loaded in Python and by the evaluate script."""
+
+import json
+
+import pytest
+import torch
+
+import agents.pretrained as pretrained
+from agents.pretrained import list_policies, load_policy, policy_card
+from agents.reinforce import BlockDropAgent, save_agent
+from experiments import evaluate as evaluate_script
+from experiments.cli import UsageError
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A folder of shipped agents holding one, ``tiny-agent``, trained on nothing."""
+    monkeypatch.setattr(pretrained, "SHIPPED", tmp_path / "trained")
+    (tmp_path / "trained").mkdir()
+    torch.manual_seed(0)
+    agent = BlockDropAgent(device="cpu", policy_input=16)
+    save_agent(tmp_path / "trained" / "tiny-agent.pt", agent)
+    (tmp_path / "trained" / "tiny-agent.json").write_text(json.dumps({"accuracy": 0.5}))
+    return agent
+
+
+def test_shipped_agents_are_listed_and_load_by_name_or_path(shipped, tmp_path):
+    assert list_policies() == ["tiny-agent"]
+    agent = load_policy("tiny-agent", device="cpu")
+    assert agent.policy.input_size == 16
+    for key, value in shipped.policy.state_dict().items():
+        assert torch.equal(agent.policy.state_dict()[key], value)
+    assert load_policy(tmp_path / "trained" / "tiny-agent.pt", device="cpu").policy.input_size == 16
+    assert policy_card("tiny-agent") == {"accuracy": 0.5}
+    with pytest.raises(
+        FileNotFoundError, match=r"neither an agent checkpoint nor a shipped agent \(shipped: tiny-agent\)"
+    ):
+        load_policy("no-such-agent")
+
+
+def test_evaluate_lists_and_evaluates_shipped_agents_by_name(shipped, env_kwargs, tmp_path, capsys):
+    assert evaluate_script.main(evaluate_script.Args(list_policies=True)) == []
+    assert capsys.readouterr().out.splitlines() == ["tiny-agent"]
+    common = dict(device="cpu", data_dir=str(env_kwargs["data_dir"]), checkpoint=env_kwargs["checkpoint"], plots=False)
+    rows = evaluate_script.main(
+        evaluate_script.Args(policy="tiny-agent", baselines="full", out=tmp_path / "e", **common)
+    )
+    assert [r["name"] for r in rows] == ["BlockDrop (tiny-agent)", "full ResNet"]
+    with pytest.raises(UsageError, match="no-such-agent is neither"):
+        evaluate_script.main(evaluate_script.Args(policy="no-such-agent", out=tmp_path / "e", **common))
