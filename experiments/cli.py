@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import tyro
+from tqdm import tqdm
 
 A = TypeVar("A")
 
@@ -81,3 +82,22 @@ def remove_stale_temporaries(path: Path) -> None:
                 tmp.unlink()
         except OSError:
             pass  # another process's save in flight, or no permission: not ours to force
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in words a person reads at a glance: "40 s", "12 min", "3.5 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cost_note(seconds: float, what: str, less: str, threshold: float = 600.0) -> str | None:
+    """Print (and return) what a run will still cost at the speed measured so far, when that is
+    more than ``threshold`` seconds, with how to ask for less."""
+    if seconds < threshold:
+        return None
+    note = f"note: {what} will take about {duration(seconds)} at the speed measured here; {less}"
+    tqdm.write(note)
+    return note

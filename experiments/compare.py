@@ -38,7 +38,7 @@ from blockdrop_env.data import find_dataset
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
-from experiments.cli import UsageError, check_writable, require, run
+from experiments.cli import UsageError, check_writable, cost_note, require, run
 from experiments.forward_args import ForwardArgs
 from experiments.plotting import save_plot
 
@@ -129,15 +129,18 @@ def decided_at(env_steps: int, args: Args, num_blocks: int) -> int:
 
 
 class Recorder:
-    """Evaluates at the planned env-step marks and keeps the training clock free of evaluation."""
+    """Evaluates at the planned env-step marks and keeps the training clock free of evaluation;
+    shows the run's progress in env steps."""
 
-    def __init__(self, args: Args, test_env: BlockDropVectorEnv, policy_flops: float = 0.0) -> None:
+    def __init__(self, args: Args, test_env: BlockDropVectorEnv, policy_flops: float = 0.0, name: str = "") -> None:
         self.args, self.test_env, self.policy_flops = args, test_env, policy_flops
         self.marks = [round(args.env_steps * (i + 1) / args.eval_points) for i in range(args.eval_points)]
         self.curve: list[dict] = []
         self.eval_seconds = 0.0
+        self.bar = tqdm(total=args.env_steps, desc=name, unit="env step", leave=False, position=1)
 
     def maybe_evaluate(self, env_steps: int, policy: Policy) -> None:
+        self.bar.update(min(env_steps, self.bar.total) - self.bar.n)
         while self.marks and env_steps >= self.marks[0]:
             self.marks.pop(0)
             t0 = time.perf_counter()
@@ -195,13 +198,14 @@ def run_sb3(args: Args, algo: str, seed: int, train_env, recorder: Recorder) -> 
 
 def run_one(args: Args, algo: str, seed: int, path: Path) -> dict:
     train_env, test_env = make_envs(args, seed)
-    recorder = Recorder(args, test_env)
+    recorder = Recorder(args, test_env, name=f"{algo} seed {seed}")
     t0 = time.perf_counter()
     if algo == "blockdrop":
         run_blockdrop(args, seed, train_env, recorder)
     else:
         run_sb3(args, algo, seed, train_env, recorder)
     train_seconds = time.perf_counter() - t0 - recorder.eval_seconds
+    recorder.bar.close()
     result = {
         "algorithm": algo,
         "seed": seed,
@@ -276,12 +280,23 @@ def main(args: Args) -> list[dict]:
     reused = [f"{algo} seed {seed}" for (algo, seed), r in finished.items() if r is not None]
     if reused:
         print(f"reusing {len(reused)} finished run(s) with the same settings from {out / 'runs'}: {', '.join(reused)}")
-    results = []
+    results, seconds = [], {}  # seconds per run, per algorithm, as measured in this command
     for algo, seed in tqdm(jobs, desc="compare", unit="run"):
         if finished[algo, seed] is not None:
             results.append(finished[algo, seed])
             continue
+        t0 = time.perf_counter()
         results.append(run_one(args, algo, seed, out / "runs" / f"{algo}_seed{seed}.json"))
+        if algo not in seconds:
+            seconds[algo] = time.perf_counter() - t0
+            left = [a for (a, s) in jobs[jobs.index((algo, seed)) + 1 :] if finished[a, s] is None]
+            unmeasured = sorted({a for a in left if a not in seconds})
+            cost_note(
+                sum(seconds.get(a, seconds[algo]) for a in left),
+                f"the {len(left)} runs left"
+                + (f" (counting {', '.join(unmeasured)} at {algo}'s speed until measured)" if unmeasured else ""),
+                "ask for less with --env-steps, --seeds, --algorithms or --limit (finished runs are kept)",
+            )
         tqdm.write(
             f"{algo} seed {seed}: reward {results[-1]['final']['reward_mean']:.4f} "
             f"acc {results[-1]['final']['accuracy']:.4f} blocks {results[-1]['final']['blocks_mean']:.2f} "

@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Literal
 
 import torch
@@ -47,6 +48,7 @@ from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments.cli import (
     UsageError,
     check_writable,
+    cost_note,
     refuse_overwrite,
     remove_stale_temporaries,
     require,
@@ -79,8 +81,8 @@ class Args(ForwardArgs):
     finetune_penalty: float = -10.0
     """Reward of a wrong prediction in finetuning (the paper: -5 or -10)."""
     finetune_bn: FinetuneBatchNorm = "frozen"
-    """Batch norm of the ResNet in finetuning: frozen (eval mode, the pretrained statistics) or train
-    (the authors' finetune.py: batch statistics in training steps, running averages updated)."""
+    """Batch norm of the ResNet in finetuning: frozen (eval mode, the pretrained statistics), or train
+    as the authors' finetune.py (batch statistics in training steps, running averages updated)."""
     alpha: float = 0.8
     """Bound of the exploration probabilities."""
     beta: float = 0.1
@@ -269,6 +271,7 @@ def main(args: Args) -> dict:
     stop_at = total_epochs if args.stop_after is None else min(total_epochs, start_epoch + args.stop_after)
     optimizer, current_stage, finetuned = None, None, state is not None and state["resnet"] is not None
     bar = tqdm(range(start_epoch, stop_at), desc="BlockDrop", unit="epoch")
+    estimated: set[str] = set()  # stages whose cost was estimated (on the CPU, after their first steps)
     summary: dict = {}
 
     def checkpoint(epoch: int) -> None:
@@ -310,7 +313,20 @@ def main(args: Args) -> dict:
                 group["lr"] = args.finetune_lr * (0.1 if decay else 1.0)
 
         steps = math.ceil(env.unwrapped.task.num_images / env.num_envs)
-        stats = epoch_stats([train_step(agent, env, optimizer, config, generator) for _ in range(steps)])
+        step_stats = []
+        for i in range(steps):
+            if i == 1:
+                started = perf_counter()
+            step_stats.append(train_step(agent, env, optimizer, config, generator))
+            if i == 3 and name not in estimated and device.type == "cpu":  # CUDA steps run ahead of the host
+                estimated.add(name)
+                epochs_left = min(stage_epochs - stage_epoch, stop_at - epoch)
+                cost_note(
+                    (perf_counter() - started) / 3 * steps * epochs_left,
+                    f"this run's {epochs_left} {name} epochs of {steps} steps",
+                    f"ask for less with --{name}-epochs, --limit or --stop-after (--resume continues later)",
+                )
+        stats = epoch_stats(step_stats)
         stats["decided"] = env.decided if name == "curriculum" else env.unwrapped.num_blocks
         for key, value in stats.items():
             writer.add_scalar(f"train/{key}", value, epoch + 1)

@@ -323,3 +323,18 @@ def test_download_goes_to_the_named_folder_else_the_users_cache(tmp_path, monkey
     assert download_dir(tmp_path / "mine") == tmp_path / "mine"
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "env"))
     assert download_dir() == tmp_path / "env"
+
+
+def test_a_long_cpu_run_says_what_it_will_cost_and_how_to_ask_for_less(tmp_path, env_kwargs, monkeypatch, capsys):
+    clock = iter(range(0, 10**6, 300))  # three steps seem to take 300 s
+    monkeypatch.setattr(train_blockdrop, "perf_counter", lambda: next(clock))
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum"))
+    out = capsys.readouterr()
+    note = "note: this run's 2 curriculum epochs of 5 steps will take about 17 min at the speed measured here"
+    assert note in out.out + out.err and "--curriculum-epochs, --limit or --stop-after" in out.out + out.err
+
+
+def test_a_short_run_says_nothing_of_its_cost(tmp_path, env_kwargs, capsys):
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum"))
+    out = capsys.readouterr()
+    assert "note:" not in out.out + out.err
