@@ -67,7 +67,10 @@ def real_data_available() -> bool:
         return False
 
 
-requires_real_data = pytest.mark.skipif(not real_data_available(), reason="real CIFAR-10 not found")
+requires_real_data = pytest.mark.skipif(
+    not real_data_available(),
+    reason="real CIFAR-10 not found: set BLOCKDROP_DATA_DIR to the folder holding cifar-10-batches-py/",
+)
 
 
 def trained_like(model: CifarResNet, seed: int | None = None) -> CifarResNet:
