@@ -44,7 +44,7 @@ from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
-from experiments.cli import check_writable, run
+from experiments.cli import check_device, check_writable, run
 from experiments.pretrain_resnet import sgd_step
 
 Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement"]
@@ -294,6 +294,7 @@ def markdown(result: dict) -> str:
 
 def main(args: Args) -> dict:
     check_writable(args.out)
+    check_device(args.device)
     if args.download:
         find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
     device = resolve_device(args.device)

@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 import tyro
 from tqdm import tqdm
 
+from blockdrop_env.device import resolve_device
+
 A = TypeVar("A")
 
 
 class UsageError(ValueError):
     """A bad argument, or an output the script refuses to touch: printed by :func:`run` as one
-    line (no traceback), exit status 2."""
+    line (no traceback), exit status 2, like a FileNotFoundError (data or a checkpoint missing)."""
 
 
 def run(main: Callable[[A], Any], args_type: type[A], module: str, doc: str | None) -> None:
@@ -30,7 +32,7 @@ def run(main: Callable[[A], Any], args_type: type[A], module: str, doc: str | No
     args = tyro.cli(args_type, prog=f"python -m {module}", description=description)
     try:
         main(args)
-    except UsageError as e:
+    except (UsageError, FileNotFoundError) as e:  # a bad argument, or data or a checkpoint not where said
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -39,6 +41,14 @@ def require(condition: bool, message: str) -> None:
     """Raise a :class:`UsageError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UsageError(message)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before any work."""
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
 
 
 def check_writable(folder: Path) -> None:

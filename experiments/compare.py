@@ -38,7 +38,7 @@ from blockdrop_env.data import find_dataset
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
-from experiments.cli import UsageError, check_writable, cost_note, require, run
+from experiments.cli import UsageError, check_device, check_writable, cost_note, require, run
 from experiments.forward_args import ForwardArgs
 from experiments.plotting import save_plot
 
@@ -271,6 +271,7 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
 
 def main(args: Args) -> list[dict]:
     check_args(args)
+    check_device(args.device)
     out = args.out_root / args.name
     check_writable(out / "runs")
     if args.download:

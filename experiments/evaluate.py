@@ -26,7 +26,7 @@ from agents.pretrained import list_policies, load_policy
 from blockdrop_env.checkpoint import run_metadata
 from blockdrop_env.data import find_dataset
 from blockdrop_env.device import Precision
-from experiments.cli import UsageError, check_writable, require, run
+from experiments.cli import UsageError, check_device, check_writable, require, run
 from experiments.plotting import save_plot
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -139,6 +139,7 @@ def main(args: Args) -> list[dict]:
     require(args.batch_size is None or args.batch_size >= 1, f"--batch-size must be positive; got {args.batch_size}")
     require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
     check_writable(args.out)  # before the evaluation, not after it
+    check_device(args.device)
     if args.download:
         find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
     policy, resnet_checkpoint, policy_flops, name = None, args.checkpoint, 0.0, None

@@ -30,7 +30,15 @@ from blockdrop_env.checkpoint import atomic_save, load_checkpoint, run_metadata,
 from blockdrop_env.data import LAYOUTS, load_cifar, random_crop_flip
 from blockdrop_env.device import Precision, autocast, resolve_device
 from blockdrop_env.resnet import CifarResNet, predict
-from experiments.cli import check_writable, refuse_overwrite, remove_stale_temporaries, require, resume_mismatch, run
+from experiments.cli import (
+    check_device,
+    check_writable,
+    refuse_overwrite,
+    remove_stale_temporaries,
+    require,
+    resume_mismatch,
+    run,
+)
 
 
 @dataclass
@@ -112,6 +120,7 @@ def sgd_step(
 def main(args: Args) -> dict:
     meta = run_metadata()  # at the start: the commit and command that ran
     check_args(args)
+    check_device(args.device)
     resume_path = args.out.with_suffix(".resume.pt")
     check_writable(args.out.parent)
     refuse_overwrite([args.out, resume_path], args.resume, args.overwrite)

@@ -47,6 +47,7 @@ from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments.cli import (
     UsageError,
+    check_device,
     check_writable,
     cost_note,
     refuse_overwrite,
@@ -207,6 +208,7 @@ def check_resume(args: Args, state: dict) -> None:
 
 def main(args: Args) -> dict:
     check_args(args)
+    check_device(args.device)
     ckpt_path = args.out / "agent.pt"
     check_writable(args.out)
     refuse_overwrite([ckpt_path], args.resume, args.overwrite)

@@ -22,6 +22,7 @@ from experiments.cli import UsageError
 from .test_scripts import train_args
 
 ROOT = Path(__file__).resolve().parents[1]
+PYTHONPATH = {**os.environ, "PYTHONPATH": str(ROOT)}  # scripts run from elsewhere, so they write nothing here
 ONCE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -275,12 +276,27 @@ def test_pretraining_refuses_zero_sizes(synthetic_dir, tmp_path, bad):
         ("experiments.pretrain_resnet", ["--batch-size", "0"], "--batch-size must be a positive integer"),
         ("experiments.evaluate", ["--penalty", "3"], "--penalty must be <= 0"),
         ("experiments.compare", ["--algorithms", "dqn"], "--algorithms must be among"),
+        pytest.param(
+            "experiments.bench",
+            ["--device", "cuda"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
-def test_a_bad_argument_prints_one_line_not_a_traceback(module, argv, says):
-    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_a_bad_argument_prints_one_line_not_a_traceback(module, argv, says, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=PYTHONPATH
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"] and says in proc.stderr
+
+
+def test_missing_data_is_an_error_message_not_a_traceback(tmp_path):
+    argv = ["-m", "experiments.evaluate", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")]
+    proc = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, env=PYTHONPATH)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cifar10 (cifar-10-batches-py/) not found")
+    assert "Traceback" not in proc.stderr and "--download" in proc.stderr
 
 
 def test_help_names_the_module_and_describes_the_script():
