@@ -38,6 +38,7 @@ from blockdrop_env.data import find_dataset
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
+from experiments import comparison_stats
 from experiments.cli import UsageError, check_device, check_writable, cost_note, require, run
 from experiments.forward_args import ForwardArgs
 from experiments.plotting import save_plot
@@ -47,8 +48,10 @@ from experiments.plotting import save_plot
 class Args(ForwardArgs):
     algorithms: tuple[str, ...] = ("blockdrop", "ppo", "a2c", "trpo")
     """Algorithms to run: blockdrop (the paper's agent), ppo, a2c, trpo."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Seeds; every algorithm runs once per seed."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Seeds; every algorithm runs once per seed (the statistics need several: five at least)."""
+    bootstrap_reps: int = 2000
+    """Bootstrap resamples of the confidence intervals."""
     env_steps: int = 200_000
     """Env steps (images) of training per run, the same for every algorithm."""
     num_envs: int = 256
@@ -272,6 +275,7 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
 def main(args: Args) -> list[dict]:
     check_args(args)
     check_device(args.device)
+    comparison_stats.rliable_modules()  # the statistics come last: their package must be there first
     out = args.out_root / args.name
     check_writable(out / "runs")
     if args.download:
@@ -310,11 +314,21 @@ def main(args: Args) -> list[dict]:
     ]
     md = table(results, args.algorithms)
     (out / "table.md").write_text(md)
+    scores = {a: np.array([r["final"]["reward_mean"] for r in results if r["algorithm"] == a]) for a in args.algorithms}
+    iqm = comparison_stats.iqm_intervals(scores, args.bootstrap_reps)
+    improvement = comparison_stats.improvement_probabilities(scores, args.bootstrap_reps)
+    stats_md = comparison_stats.markdown(scores, iqm, improvement)
+    (out / "statistics.md").write_text(stats_md)
+    comparison_stats.plot(iqm, out / "iqm_reward.png")
     (out / "summary.json").write_text(
         json.dumps(
             {
                 "results": results,
                 "heuristics": heuristics,
+                "iqm": {a: dict(zip(("point", "low", "high"), v, strict=True)) for a, v in iqm.items()},
+                "probability_of_improvement": [
+                    {"x": x, "y": y, "point": p, "low": lo, "high": hi} for (x, y), (p, lo, hi) in improvement.items()
+                ],
                 "args": {k: str(v) for k, v in asdict(args).items()},
                 **run_metadata(),
             },
@@ -324,6 +338,7 @@ def main(args: Args) -> list[dict]:
     )
     plots(results, args.algorithms, heuristics, out)
     print(md)
+    print(stats_md)
     print(f"wrote {out}/")
     return results
 

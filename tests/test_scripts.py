@@ -150,8 +150,12 @@ def test_compare_end_to_end_and_resume(tmp_path, env_kwargs, monkeypatch):
     assert all(r["env_steps_per_second"] > 0 for r in results)
     table = (out / "table.md").read_text()
     assert all(f"| {a} | 2 |" in table for a in args.algorithms)
-    for png in ("reward_vs_env_steps", "accuracy_vs_blocks"):
+    for png in ("reward_vs_env_steps", "accuracy_vs_blocks", "iqm_reward"):
         assert (out / f"{png}.png").stat().st_size > 1000
+    statistics = (out / "statistics.md").read_text()
+    assert all(f"| {a} | 2 |" in statistics for a in args.algorithms) and "| blockdrop | ppo |" in statistics
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["iqm"]) == set(args.algorithms) and len(summary["probability_of_improvement"]) == 6
 
     def fail(*a, **k):
         raise AssertionError("finished runs must not run again")
