@@ -3,14 +3,20 @@
     python -m experiments.compare --algorithms blockdrop ppo a2c trpo --seeds 0 1 2 --env-steps 200000
     python -m experiments.compare --name cpu-small --env-steps 8192 --limit 2048 --eval-limit 1000
 
-Every run trains for the same number of env steps (images) on the same env configuration
-(penalty, curriculum on or off), is evaluated on the test split with the same evaluator during and
-after training, and records its wall-clock training time (evaluations excluded) and env steps per
-second. Results go to ``<out-root>/<name>/`` (default ``runs/compare/<name>/``): one JSON per run,
-``summary.json``, ``table.md`` (mean +- std over seeds) and plots. Each run's JSON records the
-settings it ran with; run again under the same name, a finished run whose settings match is reused
-(so an interrupted comparison resumes; the reused runs are listed), one whose settings differ is
-refused (``--overwrite`` runs it again).
+Each (algorithm, seed) run is a Ray Tune trial (``experiments.sweep``): on a Ray started in this
+process by default, or with ``--address`` on an existing cluster, ``--cpus-per-trial`` and
+``--gpus-per-trial`` (fractions share a GPU) saying what each trial gets; ``--engine serial`` runs
+them one after another in this process instead. Every run trains for the same number of env steps
+(images) on the same env configuration (penalty, curriculum on or off), is evaluated on the test
+split with the same evaluator during and after training, and records its wall-clock training time
+(evaluations excluded) and env steps per second.
+
+Results go to ``<out-root>/<name>/`` (default ``runs/compare/<name>/``): one JSON per run, written
+as each run finishes, ``summary.json``, ``table.md`` (mean +- std over seeds), ``statistics.md``
+(IQM with 95% bootstrap intervals, probability of improvement: ``experiments.comparison_stats``)
+and plots. Each run's JSON records the settings it ran with; run again under the same name, a
+finished run whose settings match is reused (so an interrupted sweep resumes; the reused runs are
+listed), one whose settings differ is refused (``--overwrite`` runs it again).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -38,7 +46,7 @@ from blockdrop_env.data import find_dataset
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
-from experiments import comparison_stats
+from experiments import comparison_stats, sweep
 from experiments.cli import UsageError, check_device, check_writable, cost_note, require, run
 from experiments.forward_args import ForwardArgs
 from experiments.plotting import save_plot
@@ -52,6 +60,16 @@ class Args(ForwardArgs):
     """Seeds; every algorithm runs once per seed (the statistics need several: five at least)."""
     bootstrap_reps: int = 2000
     """Bootstrap resamples of the confidence intervals."""
+    engine: Literal["ray", "serial"] = "ray"
+    """ray: every run a Ray Tune trial; serial: one run after another in this process."""
+    address: str | None = None
+    """Address of an existing Ray cluster (e.g. "ray://head:10001" or "auto"); default: a Ray started
+    in this process. On a cluster, --data-dir and --checkpoint must exist on every node."""
+    cpus_per_trial: float = 1.0
+    """CPUs Ray gives each trial (its torch threads)."""
+    gpus_per_trial: float | None = None
+    """GPUs Ray gives each trial; fractions let small trials share one; default: 0.25 where this
+    process sees a GPU, else 0."""
     env_steps: int = 200_000
     """Env steps (images) of training per run, the same for every algorithm."""
     num_envs: int = 256
@@ -199,7 +217,8 @@ def run_sb3(args: Args, algo: str, seed: int, train_env, recorder: Recorder) -> 
     model.learn(args.env_steps, callback=_SB3Hook(args, train_env, recorder, greedy_policy(model)))
 
 
-def run_one(args: Args, algo: str, seed: int, path: Path) -> dict:
+def run_one(args: Args, algo: str, seed: int) -> dict:
+    """One training run and its evaluations, as the per-run JSON records it."""
     train_env, test_env = make_envs(args, seed)
     recorder = Recorder(args, test_env, name=f"{algo} seed {seed}")
     t0 = time.perf_counter()
@@ -220,7 +239,6 @@ def run_one(args: Args, algo: str, seed: int, path: Path) -> dict:
         "device": str(train_env.unwrapped.device),
         "settings": run_settings(args),
     }
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")  # a run counts as done once this exists
     return result
 
 
@@ -272,10 +290,31 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
     save_plot(fig, ax, "blocks kept (mean)", "test accuracy (%)", out / "accuracy_vs_blocks.png")
 
 
+def run_serially(args: Args, jobs: list[tuple[str, int]], keep: Callable[[dict], None]) -> None:
+    """The runs one after another in this process, saying after each algorithm's first run what
+    the rest will cost."""
+    seconds: dict[str, float] = {}  # per run, per algorithm, as measured here
+    for i, (algo, seed) in enumerate(tqdm(jobs, desc="compare", unit="run")):
+        t0 = time.perf_counter()
+        keep(run_one(args, algo, seed))
+        if algo not in seconds:
+            seconds[algo] = time.perf_counter() - t0
+            left = [a for a, _ in jobs[i + 1 :]]
+            unmeasured = sorted({a for a in left if a not in seconds})
+            cost_note(
+                sum(seconds.get(a, seconds[algo]) for a in left),
+                f"the {len(left)} runs left"
+                + (f" (counting {', '.join(unmeasured)} at {algo}'s speed until measured)" if unmeasured else ""),
+                "ask for less with --env-steps, --seeds, --algorithms or --limit (finished runs are kept)",
+            )
+
+
 def main(args: Args) -> list[dict]:
     check_args(args)
     check_device(args.device)
     comparison_stats.rliable_modules()  # the statistics come last: their package must be there first
+    if args.engine == "ray":
+        sweep.ray_modules()
     out = args.out_root / args.name
     check_writable(out / "runs")
     if args.download:
@@ -285,28 +324,28 @@ def main(args: Args) -> list[dict]:
     reused = [f"{algo} seed {seed}" for (algo, seed), r in finished.items() if r is not None]
     if reused:
         print(f"reusing {len(reused)} finished run(s) with the same settings from {out / 'runs'}: {', '.join(reused)}")
-    results, seconds = [], {}  # seconds per run, per algorithm, as measured in this command
-    for algo, seed in tqdm(jobs, desc="compare", unit="run"):
-        if finished[algo, seed] is not None:
-            results.append(finished[algo, seed])
-            continue
-        t0 = time.perf_counter()
-        results.append(run_one(args, algo, seed, out / "runs" / f"{algo}_seed{seed}.json"))
-        if algo not in seconds:
-            seconds[algo] = time.perf_counter() - t0
-            left = [a for (a, s) in jobs[jobs.index((algo, seed)) + 1 :] if finished[a, s] is None]
-            unmeasured = sorted({a for a in left if a not in seconds})
-            cost_note(
-                sum(seconds.get(a, seconds[algo]) for a in left),
-                f"the {len(left)} runs left"
-                + (f" (counting {', '.join(unmeasured)} at {algo}'s speed until measured)" if unmeasured else ""),
-                "ask for less with --env-steps, --seeds, --algorithms or --limit (finished runs are kept)",
-            )
+    pending = [job for job in jobs if finished[job] is None]
+
+    def keep(result: dict) -> None:
+        """A finished run: its JSON written at once (a run counts as done once this exists)."""
+        algo, seed = result["algorithm"], result["seed"]
+        atomic_write_text(out / "runs" / f"{algo}_seed{seed}.json", json.dumps(result, indent=2) + "\n")
+        finished[algo, seed] = result
+        final = result["final"]
         tqdm.write(
-            f"{algo} seed {seed}: reward {results[-1]['final']['reward_mean']:.4f} "
-            f"acc {results[-1]['final']['accuracy']:.4f} blocks {results[-1]['final']['blocks_mean']:.2f} "
-            f"{results[-1]['env_steps_per_second']:.0f} env steps/s"
+            f"{algo} seed {seed}: reward {final['reward_mean']:.4f} acc {final['accuracy']:.4f} "
+            f"blocks {final['blocks_mean']:.2f} {result['env_steps_per_second']:.0f} env steps/s"
         )
+
+    if pending and args.engine == "ray":
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else 0.25 * torch.cuda.is_available()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        sweep.run_trials(
+            pending, partial(run_one, args), keep, out / "tune" / stamp, args.address, args.cpus_per_trial, gpus
+        )
+    elif pending:
+        run_serially(args, pending, keep)
+    results = [finished[job] for job in jobs]
     _, test_env = make_envs(args, 0)
     heuristics = [
         {"name": name, **evaluate(test_env, policy).summary()}

@@ -111,6 +111,7 @@ def test_compare_reuses_only_runs_with_the_same_settings(tmp_path, env_kwargs, c
     args = dict(
         algorithms=("a2c",),
         seeds=(0,),
+        engine="serial",
         env_steps=32,
         num_envs=16,
         eval_points=1,

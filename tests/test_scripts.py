@@ -133,6 +133,7 @@ def test_compare_end_to_end_and_resume(tmp_path, env_kwargs, monkeypatch):
     args = compare.Args(
         algorithms=("blockdrop", "ppo", "a2c"),
         seeds=(0, 1),
+        engine="serial",
         env_steps=64,
         num_envs=16,
         eval_points=2,
