@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from blockdrop_env.checkpoint import atomic_write_text, load_checkpoint
 from blockdrop_env.device import Precision
 
-from .reinforce import BlockDropAgent, load_agent
+from .reinforce import BlockDropAgent, load_agent, save_agent
 
 SHIPPED = Path(__file__).resolve().parent / "trained"
 
@@ -53,3 +55,19 @@ def load_policy(
     """A shipped agent by name (see :func:`list_policies`), or any agent checkpoint by path; a
     finetuned ResNet comes with it as ``agent.resnet_state``."""
     return load_agent(policy_path(name_or_path), device, precision)
+
+
+def ship(checkpoint: str | os.PathLike, name: str, card: dict[str, Any]) -> Path:
+    """Add the agent of a training checkpoint to the shipped ones as ``name``: its policy (and
+    finetuned ResNet) without the optimiser and generator states a resume needs, with ``card``
+    (how it was evaluated) and how it was trained beside it. Returns the shipped checkpoint."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ValueError(f"a shipped agent's name is letters, digits, '-' and '_'; got {name!r}")
+    agent = load_agent(checkpoint, device="cpu")
+    ckpt = load_checkpoint(checkpoint, required="policy", kind="BlockDrop agent checkpoint")
+    trained = {k: ckpt[k] for k in ("command", "git_commit", "date", "machine", "epoch", "stage", "args") if k in ckpt}
+    path = SHIPPED / f"{name}.pt"
+    save_agent(path, agent, resnet=agent.resnet_state, trained=trained)
+    card = {"name": name, "trained": trained, **card}
+    atomic_write_text(SHIPPED / f"{name}.json", json.dumps(card, indent=2) + "\n")
+    return path

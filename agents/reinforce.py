@@ -218,14 +218,16 @@ def make_optimizer(agent: BlockDropAgent, env: Any, config: ReinforceConfig) -> 
 
 
 def save_agent(path: str | os.PathLike, agent: BlockDropAgent, **state: Any) -> None:
-    """Atomically save the policy (and a finetuned ResNet, when given as ``resnet``) with ``state``."""
+    """Atomically save the policy (and a finetuned ResNet, when given as ``resnet``: the module or
+    its state dict) with ``state``."""
     resnet = state.pop("resnet", None)
+    resnet_state = resnet.state_dict() if isinstance(resnet, torch.nn.Module) else resnet
     atomic_save(
         {
             "policy": agent.policy.state_dict(),
             "num_blocks": agent.policy.num_blocks,
             "policy_input": agent.policy.input_size,
-            "resnet": None if resnet is None else {k: v.detach().cpu() for k, v in resnet.state_dict().items()},
+            "resnet": None if resnet_state is None else {k: v.detach().cpu() for k, v in resnet_state.items()},
             **state,
         },
         path,

@@ -22,7 +22,7 @@ import torch
 
 from agents.baselines import FullPolicy, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
-from agents.pretrained import list_policies, load_policy
+from agents.pretrained import list_policies, load_policy, policy_path, ship
 from blockdrop_env.checkpoint import run_metadata
 from blockdrop_env.data import find_dataset
 from blockdrop_env.device import Precision
@@ -39,6 +39,9 @@ class Args:
     ``experiments.train_blockdrop``; none: baselines only."""
     list_policies: bool = False
     """Print the shipped agents' names, one per line, and stop."""
+    ship: str | None = None
+    """Add the evaluated --policy checkpoint to the shipped agents under this name (agents/trained/),
+    with this evaluation and its training command in <name>.json; needs --baselines full or all."""
     checkpoint: Path | None = None
     """Base ResNet checkpoint of the baselines (and of a policy saved without a finetuned ResNet);
     default: the shipped one. A policy saved with its finetuned ResNet is evaluated with that."""
@@ -138,6 +141,8 @@ def main(args: Args) -> list[dict]:
     require(args.penalty <= 0, f"--penalty must be <= 0 (a wrong answer earns at most 0); got {args.penalty}")
     require(args.batch_size is None or args.batch_size >= 1, f"--batch-size must be positive; got {args.batch_size}")
     require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
+    shippable = args.policy is not None and args.baselines != "none"
+    require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
     check_writable(args.out)  # before the evaluation, not after it
     check_device(args.device)
     if args.download:
@@ -196,6 +201,9 @@ def main(args: Args) -> list[dict]:
             f"(the checkpoint records test accuracy {recorded})"
         )
     print(f"wrote {args.out}/")
+    if args.ship is not None:
+        card = {"evaluated": run_metadata()["command"], "split": args.split, "penalty": args.penalty, "rows": rows[:2]}
+        print(f"shipped as {args.ship}: {ship(policy_path(args.policy), args.ship, card)}")
     return rows
 
 

@@ -48,3 +48,31 @@ def test_evaluate_lists_and_evaluates_shipped_agents_by_name(shipped, env_kwargs
     assert [r["name"] for r in rows] == ["BlockDrop (tiny-agent)", "full ResNet"]
     with pytest.raises(UsageError, match="no-such-agent is neither"):
         evaluate_script.main(evaluate_script.Args(policy="no-such-agent", out=tmp_path / "e", **common))
+
+
+def test_evaluate_ships_a_trained_agent_without_its_resume_state(shipped, env_kwargs, tmp_path):
+    from experiments import train_blockdrop
+
+    from .test_scripts import train_args
+
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1))
+    common = dict(device="cpu", data_dir=str(env_kwargs["data_dir"]), checkpoint=env_kwargs["checkpoint"], plots=False)
+    run = tmp_path / "run" / "agent.pt"
+    with pytest.raises(UsageError, match="--ship needs"):
+        evaluate_script.main(
+            evaluate_script.Args(policy=str(run), ship="x", baselines="none", out=tmp_path / "e", **common)
+        )
+    evaluate_script.main(
+        evaluate_script.Args(policy=str(run), ship="new-one", baselines="full", out=tmp_path / "e", **common)
+    )
+    assert list_policies() == ["new-one", "tiny-agent"]
+    saved = torch.load(pretrained.SHIPPED / "new-one.pt", weights_only=True)
+    assert "optimizer" not in saved and "envs" not in saved and saved["trained"]["epoch"] == 1
+    card = policy_card("new-one")
+    assert card["trained"]["args"]["curriculum_epochs"] == "1" and [r["name"] for r in card["rows"]] == [
+        "BlockDrop (agent)",
+        "full ResNet",
+    ]
+    agent = load_policy("new-one", device="cpu")
+    trained = load_policy(run, device="cpu")
+    assert all(torch.equal(agent.policy.state_dict()[k], v) for k, v in trained.policy.state_dict().items())
