@@ -8,12 +8,15 @@ from .vector_env import BlockDropVectorEnv
 
 __all__ = ["BlockDropEnv", "BlockDropVectorEnv"]
 
-if "BlockDrop-CIFAR10-R32" not in registry:
-    register(
-        id="BlockDrop-CIFAR10-R32",
-        entry_point="blockdrop_env.env:BlockDropEnv",
-        vector_entry_point="blockdrop_env.vector_env:BlockDropVectorEnv",
-        # The env checks the order itself, with a ValueError that says what to do.
-        order_enforce=False,
-        kwargs={"dataset": "cifar10", "depth": 32},
-    )
+# BlockDrop-CIFAR10-R32: 15 blocks, a ResNet-32 ships with the package. BlockDrop-CIFAR10-R110:
+# the paper's flagship, 54 blocks; until its ResNet-110 ships, pass checkpoint=<file>.
+for _depth in (32, 110):
+    if f"BlockDrop-CIFAR10-R{_depth}" not in registry:
+        register(
+            id=f"BlockDrop-CIFAR10-R{_depth}",
+            entry_point="blockdrop_env.env:BlockDropEnv",
+            vector_entry_point="blockdrop_env.vector_env:BlockDropVectorEnv",
+            # The env checks the order itself, with a ValueError that says what to do.
+            order_enforce=False,
+            kwargs={"dataset": "cifar10", "depth": _depth},
+        )

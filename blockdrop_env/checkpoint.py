@@ -15,7 +15,16 @@ import torch
 
 from .resnet import CIFAR_MEAN, CIFAR_STD, CifarResNet
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "resnet32_cifar10.pt"
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def default_checkpoint(depth: int = 32, num_classes: int = 10) -> Path:
+    """Where the package keeps its pretrained ResNet of this depth (it may not ship one)."""
+    dataset = {10: "cifar10", 100: "cifar100"}.get(num_classes, f"{num_classes}classes")
+    return SHIPPED_CHECKPOINTS / f"resnet{depth}_{dataset}.pt"
+
+
+DEFAULT_CHECKPOINT = default_checkpoint()
 
 
 def _umask_mode() -> int:
@@ -125,7 +134,15 @@ def load_resnet(
 
     Refuses (ValueError) a checkpoint whose depth or class count differs from those asked for.
     """
-    path = DEFAULT_CHECKPOINT if path is None else Path(path)
+    if path is None:
+        path = default_checkpoint(depth, num_classes)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no pretrained ResNet-{depth} ({num_classes} classes) ships with the package yet ({path.name}): "
+                f"train one with `python -m experiments.pretrain_resnet --depth {depth} --out <file>` "
+                "and pass checkpoint=<file>"
+            )
+    path = Path(path)
     ckpt = load_checkpoint(path)
     found = (ckpt.get("depth"), ckpt.get("num_classes"))
     if found != (depth, num_classes):

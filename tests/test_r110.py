@@ -1,0 +1,67 @@
+"""BlockDrop-CIFAR10-R110: the paper's flagship env, 54 blocks, registered beside the ResNet-32 one."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import blockdrop_env  # noqa: F401 - registers the ids
+from blockdrop_env import BlockDropEnv, BlockDropVectorEnv
+from blockdrop_env.checkpoint import save_resnet
+from blockdrop_env.resnet import CifarResNet
+
+from .conftest import trained_like
+
+
+@pytest.fixture(scope="module")
+def r110_kwargs(synthetic_dir, tmp_path_factory) -> dict:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("r110") / "r110.pt"
+    save_resnet(path, trained_like(CifarResNet(110), seed=0))
+    return {"data_dir": synthetic_dir, "checkpoint": path, "device": "cpu", "depth": 110}
+
+
+def test_r110_ids_make_54_block_envs(r110_kwargs):
+    env = gym.make("BlockDrop-CIFAR10-R110", split="test", **r110_kwargs)
+    assert env.action_space == gym.spaces.MultiBinary(54)
+    assert env.observation_space == gym.spaces.Box(0, 255, (3, 32, 32), np.uint8)
+    vec = gym.make_vec("BlockDrop-CIFAR10-R110", num_envs=3, split="test", **r110_kwargs)
+    assert isinstance(vec, BlockDropVectorEnv) and vec.single_action_space == gym.spaces.MultiBinary(54)
+    env.reset(seed=0)
+    _, reward, *_, info = env.step(np.ones(54, dtype=np.int8))
+    assert info["blocks_kept"] == 54 and reward == (0.0 if info["correct"] else -1.0)  # 1 - (54/54)^2 when right
+
+
+def test_r110_reward_counts_blocks_over_54(r110_kwargs):
+    env = BlockDropVectorEnv(num_envs=16, split="test", precision="fp32", **r110_kwargs)
+    env.reset(options={"index": torch.arange(16)})
+    keep = torch.zeros(16, 54, dtype=torch.bool)
+    keep[:, :27] = True
+    out = env.evaluate(keep)
+    expected = torch.where(out.correct, torch.tensor(1 - (27 / 54) ** 2), torch.tensor(-1.0))
+    assert torch.allclose(out.reward, expected)
+
+
+def test_r110_flops_match_torch_flop_counter():
+    model = CifarResNet(110).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    assert model.num_blocks == 54 and model.flops().item() == counter.get_total_flops()
+
+
+def test_r110_vector_env_agrees_with_the_single_env(r110_kwargs):
+    single = BlockDropEnv(split="test", precision="fp32", **r110_kwargs)
+    vec = BlockDropVectorEnv(num_envs=4, split="test", precision="fp32", **r110_kwargs)
+    keep = torch.rand(4, 54, generator=torch.Generator().manual_seed(1)) < 0.5
+    vec.reset(options={"index": torch.arange(4)})
+    rewards = vec.evaluate(keep).reward
+    for i in range(4):
+        single.reset(options={"index": i})
+        assert single.score(keep[i].numpy()) == pytest.approx(rewards[i].item())
+
+
+def test_r110_without_a_checkpoint_says_how_to_get_one(synthetic_dir):
+    with pytest.raises(FileNotFoundError, match="no pretrained ResNet-110 .* ships with the package yet"):
+        gym.make("BlockDrop-CIFAR10-R110", data_dir=synthetic_dir, device="cpu")
