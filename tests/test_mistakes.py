@@ -139,8 +139,9 @@ def test_compare_reuses_only_runs_with_the_same_settings(tmp_path, env_kwargs, c
 
 def test_user_commands_in_the_readme_write_outside_the_committed_results():
     readme = (ROOT / "README.md").read_text()
-    setup = next(line for line in readme.splitlines() if "pip install -e" in line)
-    assert "--out runs/" in setup
+    commands = [line for line in readme.splitlines() if line.startswith((".venv/bin/python -m", "python3 -m venv"))]
+    writing = [line for line in commands if "--out" in line]
+    assert writing and all("--out runs/" in line or "--out-root runs/" in line for line in writing), writing
     assert str(compare.Args().out_root).startswith("runs") and str(evaluate_script.Args().out).startswith("runs")
 
 
