@@ -27,6 +27,10 @@ def default_checkpoint(depth: int = 32, num_classes: int = 10) -> Path:
 DEFAULT_CHECKPOINT = default_checkpoint()
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is of another kind, or does not fit the network asked for."""
+
+
 def _umask_mode() -> int:
     """Permissions a plain new file gets here (mkstemp's temporary files are private)."""
     mask = os.umask(0)
@@ -118,9 +122,9 @@ def load_checkpoint(path: str | os.PathLike, required: str = "state_dict", kind:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{kind} {path} cannot be read ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{kind} {path} cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or required not in ckpt:
-        raise ValueError(f"{path} is not a {kind} (no '{required}')")
+        raise CheckpointError(f"{path} is not a {kind} (no '{required}')")
     return ckpt
 
 
@@ -146,7 +150,7 @@ def load_resnet(
     ckpt = load_checkpoint(path)
     found = (ckpt.get("depth"), ckpt.get("num_classes"))
     if found != (depth, num_classes):
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path} is a ResNet-{found[0]} with {found[1]} classes; "
             f"expected ResNet-{depth} with {num_classes} classes"
         )
@@ -154,6 +158,6 @@ def load_resnet(
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit a ResNet-{depth}: {e}") from e
+        raise CheckpointError(f"checkpoint {path} does not fit a ResNet-{depth}: {e}") from e
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model.to(device).eval(), meta

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import tyro
 from tqdm import tqdm
 
+from blockdrop_env.checkpoint import CheckpointError
+from blockdrop_env.data import CifarFormatError
 from blockdrop_env.device import resolve_device
 
 A = TypeVar("A")
@@ -21,7 +23,7 @@ A = TypeVar("A")
 
 class UsageError(ValueError):
     """A bad argument, or an output the script refuses to touch: printed by :func:`run` as one
-    line (no traceback), exit status 2, like a FileNotFoundError (data or a checkpoint missing)."""
+    line (no traceback), exit status 2, like a missing, corrupt or foreign data file or checkpoint."""
 
 
 def run(main: Callable[[A], Any], args_type: type[A], module: str, doc: str | None) -> None:
@@ -32,7 +34,7 @@ def run(main: Callable[[A], Any], args_type: type[A], module: str, doc: str | No
     args = tyro.cli(args_type, prog=f"python -m {module}", description=description)
     try:
         main(args)
-    except (UsageError, FileNotFoundError) as e:  # a bad argument, or data or a checkpoint not where said
+    except (UsageError, FileNotFoundError, CheckpointError, CifarFormatError) as e:  # bad arguments or files
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
