@@ -1,4 +1,5 @@
-"""Heuristic policies of the paper's comparisons: every block, the first k, k at random.
+"""Heuristic policies of the paper's comparisons: every block, the first k, k at random; and every
+block but one (the drop landscape: which blocks matter).
 
 A policy here is any callable from a batch of images (B, 3, 32, 32) uint8 to a bool keep mask
 (B, K) on the same device.
@@ -46,6 +47,24 @@ class RandomK:
         scores = torch.rand(len(images), self.num_blocks, device=images.device, generator=self.generator)
         rank = scores.argsort(1).argsort(1)  # a uniformly random permutation per image
         return rank < self.k
+
+
+class DropOne:
+    """Runs every block but block ``k``: its accuracy says how much block k matters."""
+
+    def __init__(self, k: int, num_blocks: int = 15) -> None:
+        if not 0 <= k < num_blocks:
+            raise ValueError(f"k must lie in [0, {num_blocks}); got {k}")
+        self.k, self.num_blocks = k, num_blocks
+
+    def __call__(self, images: Tensor) -> Tensor:
+        keep = torch.arange(self.num_blocks, device=images.device) != self.k
+        return keep.expand(len(images), -1)
+
+
+def drop_landscape(num_blocks: int = 15) -> list[tuple[str, DropOne]]:
+    """("drop block k", DropOne(k)) for every block k (0-based, in the order the image meets them)."""
+    return [(f"drop block {k}", DropOne(k, num_blocks)) for k in range(num_blocks)]
 
 
 def heuristic_policies(

@@ -20,7 +20,7 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import torch
 
-from agents.baselines import FullPolicy, heuristic_policies
+from agents.baselines import FullPolicy, drop_landscape, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import list_policies, load_policy, policy_path, ship
 from blockdrop_env.checkpoint import run_metadata
@@ -51,6 +51,8 @@ class Args:
     """Penalty of a wrong prediction, for the mean reward column."""
     baselines: Literal["all", "full", "none"] = "all"
     """Baselines to evaluate too: all (full ResNet, FirstK and RandomK for K = 1..15), full, none."""
+    landscape: bool = False
+    """Also the drop landscape: the accuracy with each single block dropped (which blocks matter)."""
     batch_size: int | None = None
     """Images per batched forward; default: 1000 on CUDA, 256 on the CPU."""
     seed: int = 0
@@ -95,9 +97,21 @@ def plot_accuracy_flops(rows: list[dict], path: Path) -> None:
         if pts:
             ax.plot([p[0] / 1e6 for p in pts], [100 * p[1] for p in pts], style, ms=3, label=prefix)
     for r in rows:
-        if not r["name"].startswith(("FirstK", "RandomK")):
+        if not r["name"].startswith(("FirstK", "RandomK", "drop block")):
             ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], "*", ms=12, label=r["name"])
     save_plot(fig, ax, "MFLOPs per image", "accuracy (%)", path)
+
+
+def plot_landscape(rows: list[dict], path: Path) -> None:
+    """Test accuracy with each single block dropped, against the full ResNet's."""
+    drops = [r for r in rows if r["name"].startswith("drop block")]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(range(len(drops)), [100 * r["accuracy"] for r in drops])
+    full = next((r for r in rows if r["name"] == "full ResNet"), None)
+    if full is not None:
+        ax.axhline(100 * full["accuracy"], color="k", ls="--", lw=1, label="every block")
+    ax.set_xticks(range(len(drops)))
+    save_plot(fig, ax, "block dropped", "accuracy (%)", path, legend=full is not None)
 
 
 def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int) -> None:
@@ -177,6 +191,8 @@ def main(args: Args) -> list[dict]:
     if args.baselines == "all":
         for name_k, heuristic in heuristic_policies(k_total, args.seed, env.device):
             rows.append(row(name_k, evaluate(env, heuristic)))
+    if args.landscape:
+        rows += [row(name_k, evaluate(env, drop)) for name_k, drop in drop_landscape(k_total)]
 
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = env.task.checkpoint_meta.get("test_accuracy")
@@ -191,6 +207,8 @@ def main(args: Args) -> list[dict]:
     (args.out / "table.md").write_text(table)
     if args.plots:
         plot_accuracy_flops(rows, args.out / "accuracy_vs_flops.png")
+        if args.landscape:
+            plot_landscape(rows, args.out / "drop_landscape.png")
         if policy is not None:
             plot_policy(evaluations[name], env.task.images.cpu(), args.out, k_total)
     print(table)

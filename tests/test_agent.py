@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.baselines import FirstK, FullPolicy, RandomK
+from agents.baselines import DropOne, FirstK, FullPolicy, RandomK, drop_landscape
 from agents.evaluation import evaluate
 from agents.policy import PolicyNet
 from agents.reinforce import (
@@ -24,6 +24,7 @@ from blockdrop_env.resnet import predict
 from blockdrop_env.reward import blockdrop_reward
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, CurriculumWrapper, curriculum_decided
+from experiments import evaluate as evaluate_script
 
 from .conftest import synthetic_learnable, trained_like
 
@@ -223,3 +224,16 @@ def test_a_policy_on_downsampled_images_costs_a_quarter_and_is_saved_with_its_si
     assert load_agent(tmp_path / "a.pt", device="cpu").policy.input_size == 16
     with pytest.raises(ValueError, match="input_size must be"):
         PolicyNet(15, input_size=20)
+
+
+def test_drop_landscape_drops_each_block_once(env_kwargs, tmp_path):
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    assert DropOne(3)(images).sum(1).tolist() == [14, 14] and not DropOne(3)(images)[:, 3].any()
+    assert [name for name, _ in drop_landscape(4)] == [f"drop block {k}" for k in range(4)]
+    with pytest.raises(ValueError, match="k must lie"):
+        DropOne(15)
+    common = dict(device="cpu", data_dir=str(env_kwargs["data_dir"]), checkpoint=env_kwargs["checkpoint"])
+    rows = evaluate_script.main(evaluate_script.Args(baselines="full", landscape=True, out=tmp_path, **common))
+    assert [r["name"] for r in rows] == ["full ResNet"] + [f"drop block {k}" for k in range(15)]
+    assert all(r["blocks_mean"] == 14 for r in rows[1:])
+    assert (tmp_path / "drop_landscape.png").stat().st_size > 1000
