@@ -167,7 +167,9 @@ def main(args: Args) -> list[dict]:
             agent = load_policy(args.policy, device=args.device, precision=args.precision)
         except FileNotFoundError as e:
             raise UsageError(str(e)) from None
-        policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({Path(args.policy).stem})"
+        path = Path(args.policy)
+        label = args.ship or (path.parent.name if path.stem == "agent" else path.stem)  # a run's folder names it
+        policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({label})"
     env = make_eval_env(
         args.split,
         args.batch_size,

@@ -70,7 +70,7 @@ def test_evaluate_ships_a_trained_agent_without_its_resume_state(shipped, env_kw
     assert "optimizer" not in saved and "envs" not in saved and saved["trained"]["epoch"] == 1
     card = policy_card("new-one")
     assert card["trained"]["args"]["curriculum_epochs"] == "1" and [r["name"] for r in card["rows"]] == [
-        "BlockDrop (agent)",
+        "BlockDrop (new-one)",
         "full ResNet",
     ]
     agent = load_policy("new-one", device="cpu")
