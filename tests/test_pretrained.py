@@ -76,3 +76,14 @@ def test_evaluate_ships_a_trained_agent_without_its_resume_state(shipped, env_kw
     agent = load_policy("new-one", device="cpu")
     trained = load_policy(run, device="cpu")
     assert all(torch.equal(agent.policy.state_dict()[k], v) for k, v in trained.policy.state_dict().items())
+
+
+def test_every_shipped_agent_loads_and_carries_its_card():
+    names = list_policies()
+    assert "r32-curriculum-cpu" in names  # the README's first command evaluates it
+    for name in names:
+        agent = load_policy(name, device="cpu")
+        card = policy_card(name)
+        assert card["name"] == name and card["trained"]["command"] and card["evaluated"]
+        assert [r["name"] for r in card["rows"]] == [f"BlockDrop ({name})", "full ResNet"]
+        assert agent.policy.num_blocks == 15 and 0 < card["rows"][0]["accuracy"] <= 1
