@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from blockdrop_env.checkpoint import atomic_write_text, load_checkpoint
+from blockdrop_env.checkpoint import atomic_write_text
 from blockdrop_env.device import Precision
 
-from .reinforce import BlockDropAgent, load_agent, save_agent
+from .reinforce import BlockDropAgent, agent_from_checkpoint, load_agent, load_agent_checkpoint, save_agent
 
 SHIPPED = Path(__file__).resolve().parent / "trained"
 
@@ -44,9 +44,8 @@ def policy_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def policy_card(name: str) -> dict[str, Any]:
-    """What is recorded of a shipped agent: commands, test figures."""
-    policy_path(name)  # a clear error for an unknown name
-    return json.loads((SHIPPED / f"{name}.json").read_text())
+    """What is recorded of a shipped agent: commands, test figures (the card beside its checkpoint)."""
+    return json.loads(policy_path(name).with_suffix(".json").read_text())
 
 
 def load_policy(
@@ -63,8 +62,8 @@ def ship(checkpoint: str | os.PathLike, name: str, card: dict[str, Any]) -> Path
     (how it was evaluated) and how it was trained beside it. Returns the shipped checkpoint."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise ValueError(f"a shipped agent's name is letters, digits, '-' and '_'; got {name!r}")
-    agent = load_agent(checkpoint, device="cpu")
-    ckpt = load_checkpoint(checkpoint, required="policy", kind="BlockDrop agent checkpoint")
+    ckpt = load_agent_checkpoint(checkpoint)
+    agent = agent_from_checkpoint(ckpt, device="cpu")
     trained = {k: ckpt[k] for k in ("command", "git_commit", "date", "machine", "epoch", "stage", "args") if k in ckpt}
     path = SHIPPED / f"{name}.pt"
     save_agent(path, agent, resnet=agent.resnet_state, trained=trained)

@@ -238,7 +238,18 @@ def load_agent(
     path: str | os.PathLike, device: str | torch.device = "auto", precision: Precision = "auto"
 ) -> BlockDropAgent:
     """A trained agent from a checkpoint of ``experiments.train_blockdrop`` (or ``save_agent``)."""
-    ckpt = load_checkpoint(path, required="policy", kind="BlockDrop agent checkpoint")
+    return agent_from_checkpoint(load_agent_checkpoint(path), device, precision)
+
+
+def load_agent_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The contents of an agent checkpoint (policy, finetuned ResNet, and what training saved)."""
+    return load_checkpoint(path, required="policy", kind="BlockDrop agent checkpoint")
+
+
+def agent_from_checkpoint(
+    ckpt: dict[str, Any], device: str | torch.device = "auto", precision: Precision = "auto"
+) -> BlockDropAgent:
+    """The agent held by loaded checkpoint contents (see :func:`load_agent_checkpoint`)."""
     size = ckpt.get("policy_input", 32)  # checkpoints before the option: full-size images
     agent = BlockDropAgent(ckpt.get("num_blocks", 15), device, precision=precision, policy_input=size)
     agent.policy.load_state_dict(ckpt["policy"])

@@ -154,12 +154,13 @@ class BlockDropTask:
 
     def check_indices(self, index: Any, size: int) -> Tensor:
         """Image indices from ``reset(options={"index": ...})``, checked, as a tensor on the device."""
-        if not isinstance(index, Tensor):
+        if isinstance(index, Tensor):
+            idx = index
+        else:
             array = np.asarray(index)
             if array.dtype.kind not in "biuf":
                 raise ValueError(f"options['index'] must be integer image indices; got {index!r}")
-            index = torch.from_numpy(array.astype(np.int64) if array.dtype.kind in "iu" else np.array(array))
-        idx = index
+            idx = torch.as_tensor(array.astype(np.int64) if array.dtype.kind in "iu" else array)
         if idx.shape != (size,) and not (size == 1 and idx.ndim == 0):
             raise ValueError(f"options['index'] must hold {size} image indices; got shape {tuple(idx.shape)}")
         if idx.is_floating_point() or idx.dtype == torch.bool or idx.is_complex():

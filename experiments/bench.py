@@ -37,21 +37,21 @@ from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
-from blockdrop_env.data import find_dataset, random_crop_flip
+from blockdrop_env.data import random_crop_flip
 from blockdrop_env.device import Precision, resolve_device, training_dtype
 from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, MaskedPredictor
 from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
-from experiments.cli import check_device, check_writable, run
+from experiments.cli import DataArgs, check_device, check_writable, run
 from experiments.pretrain_resnet import sgd_step
 
 Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement"]
 
 
 @dataclass
-class Args:
+class Args(DataArgs):
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
     sections: tuple[Section, ...] = ("forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement")
@@ -81,11 +81,6 @@ class Args:
     """Test images of the agreement check (default: all 10,000)."""
     out: Path = Path("results/bench/cpu")
     """Folder for bench.json and bench.md (rewritten after every figure, so a run cut off keeps its figures)."""
-    data_dir: str | None = None
-    """Folder holding the CIFAR batches; default: the package's search."""
-    download: bool = False
-    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
-    ~/.cache/blockdrop/data) when it is not found."""
     checkpoint: Path | None = None
     """ResNet checkpoint; default: the shipped one."""
 
@@ -295,8 +290,7 @@ def markdown(result: dict) -> str:
 def main(args: Args) -> dict:
     check_writable(args.out)
     check_device(args.device)
-    if args.download:
-        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
+    args.fetch_data()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     ref_batch = args.reference_batch or (8192 if cuda else 256)

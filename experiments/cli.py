@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import tyro
 from tqdm import tqdm
 
 from blockdrop_env.checkpoint import CheckpointError
-from blockdrop_env.data import CifarFormatError
+from blockdrop_env.data import CifarFormatError, find_dataset
 from blockdrop_env.device import resolve_device
 
 A = TypeVar("A")
@@ -43,6 +44,39 @@ def require(condition: bool, message: str) -> None:
     """Raise a :class:`UsageError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UsageError(message)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an argument's field name: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def require_positive(args: object, *names: str) -> None:
+    """Each named argument is None or a positive integer."""
+    for name in names:
+        value = getattr(args, name)
+        require(value is None or value >= 1, f"{flag(name)} must be a positive integer; got {value}")
+
+
+def require_penalty(args: object, *names: str) -> None:
+    """Each named penalty is <= 0: a wrong answer never earns more than a right one."""
+    for name in names:
+        value = getattr(args, name)
+        require(value <= 0, f"{flag(name)} must be <= 0 (a wrong answer earns at most 0); got {value}")
+
+
+@dataclass
+class DataArgs:
+    data_dir: str | None = None
+    """Folder holding the CIFAR batches; default: the package's search (see blockdrop_env.data)."""
+    download: bool = False
+    """Download the dataset (CIFAR-10: about 170 MB) into --data-dir, else $BLOCKDROP_DATA_DIR, else
+    ~/.cache/blockdrop/data, when it is not found."""
+
+    def fetch_data(self, dataset: str = "cifar10") -> None:
+        """With --download, fetch the dataset now when it is missing: every split then loads from there."""
+        if self.download:
+            find_dataset(dataset, self.data_dir, download=True)
 
 
 def check_device(device: str) -> None:
@@ -80,7 +114,7 @@ def resume_mismatch(saved: dict[str, str], current: dict[str, Any], may_change: 
     outside ``may_change``, as "name: saved -> current" lines."""
     free = set(may_change)
     return [
-        f"--{name.replace('_', '-')}: {saved[name]} -> {value}"
+        f"{flag(name)}: {saved[name]} -> {value}"
         for name, value in current.items()
         if name not in free and name in saved and saved[name] != str(value)
     ]

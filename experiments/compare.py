@@ -42,18 +42,27 @@ from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import greedy_policy, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, run_metadata
-from blockdrop_env.data import find_dataset
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
 from experiments import comparison_stats, sweep
-from experiments.cli import UsageError, check_device, check_writable, cost_note, require, run
+from experiments.cli import (
+    DataArgs,
+    UsageError,
+    check_device,
+    check_writable,
+    cost_note,
+    require,
+    require_penalty,
+    require_positive,
+    run,
+)
 from experiments.forward_args import ForwardArgs
 from experiments.plotting import save_plot
 
 
 @dataclass
-class Args(ForwardArgs):
+class Args(DataArgs, ForwardArgs):
     algorithms: tuple[str, ...] = ("blockdrop", "ppo", "a2c", "trpo")
     """Algorithms to run: blockdrop (the paper's agent), ppo, a2c, trpo."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -97,11 +106,6 @@ class Args(ForwardArgs):
     """ResNet checkpoint; default: the shipped one."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
-    data_dir: str | None = None
-    """Folder holding the CIFAR batches; default: the package's search."""
-    download: bool = False
-    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
-    ~/.cache/blockdrop/data) when it is not found."""
 
 
 RUN_SETTINGS = (
@@ -118,10 +122,8 @@ def check_args(args: Args) -> None:
     known = ("blockdrop", "ppo", "a2c", "trpo")
     require(bool(args.algorithms) and set(args.algorithms) <= set(known), f"--algorithms must be among {known}")
     require(bool(args.seeds), "--seeds needs at least one seed")
-    for name in ("env_steps", "num_envs", "eval_points", "eval_limit", "limit"):
-        value = getattr(args, name)
-        require(value is None or value >= 1, f"--{name.replace('_', '-')} must be a positive integer; got {value}")
-    require(args.penalty <= 0, f"--penalty must be <= 0 (a wrong answer earns at most 0); got {args.penalty}")
+    require_positive(args, "env_steps", "num_envs", "eval_points", "eval_limit", "limit")
+    require_penalty(args, "penalty")
     fraction = args.curriculum_fraction
     require(0 < fraction <= 1, f"--curriculum-fraction must lie in (0, 1]; got {fraction}")
 
@@ -317,8 +319,7 @@ def main(args: Args) -> list[dict]:
         sweep.ray_modules()
     out = args.out_root / args.name
     check_writable(out / "runs")
-    if args.download:
-        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
+    args.fetch_data()
     jobs = [(algo, seed) for algo in args.algorithms for seed in args.seeds]
     finished = {job: reusable(out / "runs" / f"{job[0]}_seed{job[1]}.json", args) for job in jobs}  # checked first
     reused = [f"{algo} seed {seed}" for (algo, seed), r in finished.items() if r is not None]

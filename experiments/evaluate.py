@@ -24,16 +24,24 @@ from agents.baselines import FullPolicy, drop_landscape, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import list_policies, load_policy, policy_path, ship
 from blockdrop_env.checkpoint import run_metadata
-from blockdrop_env.data import find_dataset
 from blockdrop_env.device import Precision
-from experiments.cli import UsageError, check_device, check_writable, require, run
+from experiments.cli import (
+    DataArgs,
+    UsageError,
+    check_device,
+    check_writable,
+    require,
+    require_penalty,
+    require_positive,
+    run,
+)
 from experiments.plotting import save_plot
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclass
-class Args:
+class Args(DataArgs):
     policy: str | None = None
     """A shipped agent's name (--list-policies) or an agent checkpoint from
     ``experiments.train_blockdrop``; none: baselines only."""
@@ -61,11 +69,6 @@ class Args:
     """auto (CUDA when present), cpu or cuda."""
     precision: Precision = "auto"
     """auto: the env's and the policy's half precision where the device has it natively; fp32: fp32."""
-    data_dir: str | None = None
-    """Folder holding the CIFAR batches; default: the package's search."""
-    download: bool = False
-    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
-    ~/.cache/blockdrop/data) when it is not found."""
     out: Path = Path("runs/evaluate/default")
     """Folder for summary.json, table.md and the plots."""
     plots: bool = True
@@ -152,15 +155,14 @@ def main(args: Args) -> list[dict]:
     if args.list_policies:
         print("\n".join(list_policies()))
         return []
-    require(args.penalty <= 0, f"--penalty must be <= 0 (a wrong answer earns at most 0); got {args.penalty}")
-    require(args.batch_size is None or args.batch_size >= 1, f"--batch-size must be positive; got {args.batch_size}")
+    require_penalty(args, "penalty")
+    require_positive(args, "batch_size")
     require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
     shippable = args.policy is not None and args.baselines != "none"
     require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
     check_writable(args.out)  # before the evaluation, not after it
     check_device(args.device)
-    if args.download:
-        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
+    args.fetch_data()
     policy, resnet_checkpoint, policy_flops, name = None, args.checkpoint, 0.0, None
     if args.policy is not None:
         try:

@@ -31,18 +31,20 @@ from blockdrop_env.data import LAYOUTS, load_cifar, random_crop_flip
 from blockdrop_env.device import Precision, autocast, resolve_device
 from blockdrop_env.resnet import CifarResNet, predict
 from experiments.cli import (
+    DataArgs,
     check_device,
     check_writable,
     refuse_overwrite,
     remove_stale_temporaries,
     require,
+    require_positive,
     resume_mismatch,
     run,
 )
 
 
 @dataclass
-class Args:
+class Args(DataArgs):
     depth: int = 32
     """ResNet depth, 6n+2 (32 for the env's ResNet-32)."""
     dataset: str = "cifar10"
@@ -66,10 +68,6 @@ class Args:
     precision: Precision = "auto"
     """auto: bf16 autocast where the device has it natively (CUDA; CPUs with AVX-512-BF16 or AMX),
     fp32 weights and optimiser state; fp32: fp32 throughout."""
-    data_dir: str | None = None
-    """Folder holding the CIFAR batches; default: the package's search (see blockdrop_env.data)."""
-    download: bool = False
-    """Download CIFAR with torchvision when it is not found."""
     limit: int | None = None
     """Use only the first N train and N test images (smoke runs)."""
     out: Path = Path("runs/pretrain/resnet32_cifar10.pt")
@@ -90,9 +88,7 @@ def check_args(args: Args) -> None:
     """Refuse arguments that would fail later, with what was expected."""
     require(args.dataset in LAYOUTS, f"--dataset must be one of {sorted(LAYOUTS)}; got {args.dataset!r}")
     require(args.depth >= 8 and (args.depth - 2) % 6 == 0, f"--depth must be 6n+2 (20, 32, 110, ...); got {args.depth}")
-    for name in ("epochs", "batch_size", "limit"):
-        value = getattr(args, name)
-        require(value is None or value >= 1, f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    require_positive(args, "epochs", "batch_size", "limit")
     require(args.lr > 0, f"--lr must be > 0; got {args.lr}")
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
 

@@ -42,10 +42,10 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
-from blockdrop_env.data import find_dataset
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments.cli import (
+    DataArgs,
     UsageError,
     check_device,
     check_writable,
@@ -53,6 +53,8 @@ from experiments.cli import (
     refuse_overwrite,
     remove_stale_temporaries,
     require,
+    require_penalty,
+    require_positive,
     resume_mismatch,
     run,
 )
@@ -60,7 +62,7 @@ from experiments.forward_args import ForwardArgs
 
 
 @dataclass
-class Args(ForwardArgs):
+class Args(DataArgs, ForwardArgs):
     stage: Literal["both", "curriculum", "finetune"] = "both"
     """Curriculum learning then joint finetuning, or either alone."""
     curriculum_epochs: int = 5000
@@ -117,11 +119,6 @@ class Args(ForwardArgs):
     """Seed of the initialisation, the image draws, augmentation and action sampling."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
-    data_dir: str | None = None
-    """Folder holding the CIFAR batches; default: the package's search."""
-    download: bool = False
-    """Download CIFAR-10 (about 170 MB, into --data-dir, else $BLOCKDROP_DATA_DIR, else
-    ~/.cache/blockdrop/data) when it is not found."""
 
 
 RESUME_MAY_CHANGE = (
@@ -135,12 +132,8 @@ def check_args(args: Args) -> None:
     """Refuse arguments that would fail later or train nothing, with what was expected."""
     require(args.curriculum_epochs >= 0 and args.finetune_epochs >= 0, "epoch counts must be >= 0")
     require(sum(e for _, e in stages(args)) > 0, f"--stage {args.stage} has no epochs to run: give it some")
-    for name in ("batch_size", "finetune_batch_size", "checkpoint_every", "eval_every", "stop_after", "limit"):
-        value = getattr(args, name)
-        require(value is None or value >= 1, f"--{name.replace('_', '-')} must be a positive integer; got {value}")
-    for name in ("penalty", "finetune_penalty"):
-        value = getattr(args, name)
-        require(value <= 0, f"--{name.replace('_', '-')} must be <= 0 (a wrong answer earns at most 0); got {value}")
+    require_positive(args, "batch_size", "finetune_batch_size", "checkpoint_every", "eval_every", "stop_after", "limit")
+    require_penalty(args, "penalty", "finetune_penalty")
     require(0.5 < args.alpha <= 1, f"--alpha must lie in (0.5, 1] (1: no exploration bound); got {args.alpha}")
     require(args.beta >= 0, f"--beta must be >= 0; got {args.beta}")
     require(args.lr > 0 and args.finetune_lr > 0, "learning rates must be > 0")
@@ -213,8 +206,7 @@ def main(args: Args) -> dict:
     check_writable(args.out)
     refuse_overwrite([ckpt_path], args.resume, args.overwrite)
     remove_stale_temporaries(ckpt_path)
-    if args.download:
-        find_dataset("cifar10", args.data_dir, download=True)  # then every split loads from there
+    args.fetch_data()
     if args.resume and not ckpt_path.is_file():
         raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
     state = load_checkpoint(ckpt_path, "policy", "BlockDrop agent checkpoint") if args.resume else None

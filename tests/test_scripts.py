@@ -310,7 +310,10 @@ def test_every_script_that_loads_cifar_takes_download(script, tmp_path, monkeypa
         asked.append(kwargs.get("download", args[-1] if args else None))
         raise Fetched
 
-    monkeypatch.setattr(module, "load_cifar" if script == "pretrain_resnet" else "find_dataset", fetch)
+    # pretrain_resnet passes --download to its loads; the others fetch through DataArgs.fetch_data first
+    from experiments import cli
+
+    monkeypatch.setattr(*((module, "load_cifar") if script == "pretrain_resnet" else (cli, "find_dataset")), fetch)
     out = "out_root" if script == "compare" else "out"
     target = tmp_path / ("r.pt" if script == "pretrain_resnet" else "o")
     args = module.Args(download=True, data_dir=str(tmp_path / "data"), **{out: target})
