@@ -27,6 +27,11 @@ def default_checkpoint(depth: int = 32, num_classes: int = 10) -> Path:
 DEFAULT_CHECKPOINT = default_checkpoint()
 
 
+def shipped_depths(num_classes: int = 10) -> list[int]:
+    """Depths of the ResNets the package ships for this many classes."""
+    return sorted(d for d in range(8, 1202, 6) if default_checkpoint(d, num_classes).is_file())
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, is of another kind, or does not fit the network asked for."""
 

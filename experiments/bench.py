@@ -9,9 +9,10 @@ Then: the env's ResNet forward (``blockdrop_env.inference``) with its options ad
 (half precision, channels_last, chunking, gather/scatter of dropped blocks, compilation, fused Triton blocks
 on CUDA); the vector env's ``step`` (env steps/s) over batch sizes, eager and compiled; the
 BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image epoch at that
-rate) and finetuning (steps/s); pretraining the ResNet-32 (images/s); SB3 PPO through the adapter
-(env steps/s). Where the default precision is not fp32 (CPUs with native bf16), the step,
-curriculum, finetuning and pretraining figures are measured in fp32 too (``precision="fp32"``).
+rate) and finetuning (steps/s); pretraining the ResNet-32 (images/s); SB3's PPO and A2C and
+sb3-contrib's TRPO through the adapter (env steps/s), TRPO with the options of ``TRPO_VARIANTS``.
+Where the default precision is not fp32 (CPUs with native bf16), the step, curriculum, finetuning
+and pretraining figures are measured in fp32 too (``precision="fp32"``).
 Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
 plain and each optimised forward: the share of identical rewards and the accuracy of each.
 ``--sections`` picks and orders what is measured after the reference.
@@ -35,7 +36,7 @@ import torch
 from agents.baselines import FullPolicy, RandomK
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
-from agents.sb3 import make_algorithm
+from agents.sb3 import DEFAULTS, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
 from blockdrop_env.data import random_crop_flip
 from blockdrop_env.device import Precision, resolve_device, training_dtype
@@ -47,14 +48,24 @@ from blockdrop_env.wrappers import CurriculumVectorWrapper
 from experiments.cli import DataArgs, check_device, check_writable, run
 from experiments.pretrain_resnet import sgd_step
 
-Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement"]
+# TRPO's cost is its conjugate-gradient steps (Hessian-vector products through the ResNet-8 trunk)
+# and its critic epochs: its defaults here, then sb3-contrib's options that cut them.
+TRPO_VARIANTS: tuple[dict[str, object], ...] = (
+    {},
+    {"sub_sampling_factor": 4},
+    {"cg_max_steps": 5},
+    {"n_critic_updates": 3},
+    {"sub_sampling_factor": 4, "cg_max_steps": 5, "n_critic_updates": 3},
+)
+
+Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "sb3", "agreement"]
 
 
 @dataclass
 class Args(DataArgs):
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
-    sections: tuple[Section, ...] = ("forward", "step", "curriculum", "finetune", "pretrain", "ppo", "agreement")
+    sections: tuple[Section, ...] = ("forward", "step", "curriculum", "finetune", "pretrain", "sb3", "agreement")
     """What to measure after the reference, in this order (a time-boxed run can do the cheap ones first)."""
     reference_batch: int | None = None
     """Batch of the reference forward; default 8192 on CUDA, 256 on the CPU."""
@@ -73,8 +84,8 @@ class Args(DataArgs):
     """Batch of the pretraining step (the shipped ResNet-32's recipe)."""
     min_seconds: float = 2.0
     """Each figure times repeats for at least this long, after one warm-up call."""
-    ppo_steps: int | None = None
-    """Env steps of the PPO measurement; default 65,536 on CUDA, 2,048 on the CPU."""
+    sb3_steps: int | None = None
+    """Env steps of each SB3 measurement; default 65,536 on CUDA, 2,048 on the CPU."""
     epoch_images: int | None = None
     """Images of the timed curriculum epoch; default 50,000 (the paper's epoch) on CUDA, 10,000 on the CPU."""
     agreement_limit: int | None = None
@@ -297,7 +308,7 @@ def main(args: Args) -> dict:
     env_batches = args.env_batches or ((256, 1024, 4096, 8192, 16384) if cuda else (64, 256, 1024))
     compiled_batches = () if args.compile is None else args.compiled_batches or ((8192,) if cuda else (256,))
     agent_batch = args.agent_batch or (2048 if cuda else 256)
-    ppo_steps = args.ppo_steps or (65_536 if cuda else 2048)
+    sb3_steps = args.sb3_steps or (65_536 if cuda else 2048)
     epoch_images = args.epoch_images or (50_000 if cuda else 10_000)
     common = {"device": device, "data_dir": args.data_dir, "checkpoint": args.checkpoint}
     compiled = f"compiled ({args.compile})"
@@ -382,14 +393,15 @@ def main(args: Args) -> dict:
         rate = batch / timed(step, device, args.min_seconds)
         record(f"pretraining step of the ResNet-32, batch {batch}{in_words[precision]}", rate, "images/s", rate)
 
-    def measure_ppo() -> None:
+    def measure_sb3(algorithm: str, options: dict[str, object]) -> None:
         env = BlockDropVectorEnv(num_envs=agent_batch, split="train", **common)
-        model = make_algorithm("ppo", SB3VecEnv(env), seed=0, device=device)
-        model.learn(agent_batch * 4)  # warm-up
+        model = make_algorithm(algorithm, SB3VecEnv(env), seed=0, device=device, **options)
+        model.learn(agent_batch * DEFAULTS[algorithm]["n_steps"])  # warm-up: one rollout and update
         t0 = time.perf_counter()
-        model.learn(ppo_steps)
-        rate = ppo_steps / (time.perf_counter() - t0)
-        record(f"SB3 PPO through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
+        model.learn(sb3_steps)
+        rate = sb3_steps / (time.perf_counter() - t0)
+        how = f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
+        record(f"SB3 {algorithm.upper()}{how} through the adapter, {agent_batch} envs", rate, "env steps/s", rate)
 
     def forward_section() -> None:
         for options in forward_variants(device, args.compile):
@@ -435,7 +447,9 @@ def main(args: Args) -> dict:
         "curriculum": curriculum_section,
         "finetune": lambda: [measure_finetune(precision) for precision in precisions],
         "pretrain": lambda: [measure_pretrain(precision) for precision in precisions],
-        "ppo": measure_ppo,
+        "sb3": lambda: [
+            measure_sb3(a, o) for a, o in [("ppo", {}), ("a2c", {})] + [("trpo", v) for v in TRPO_VARIANTS]
+        ],
         "agreement": agreement_section,
     }
     for section in args.sections:

@@ -5,6 +5,7 @@ heuristic baselines (full ResNet, FirstK and RandomK for K = 1..15).
     python -m experiments.evaluate --list-policies         # the shipped agents' names
     python -m experiments.evaluate --policy NAME --baselines full   # a shipped agent beside the full ResNet
     python -m experiments.evaluate --policy runs/blockdrop/agent.pt --out runs/evaluate/mine
+    python -m experiments.evaluate --policy NAME --static 20 26 --published   # the accuracy-FLOPs front
 
 Writes ``summary.json``, ``table.md`` and plots (accuracy against FLOPs; with a policy also a
 histogram of blocks kept, block usage per class and the images of the most frequent policies).
@@ -13,6 +14,7 @@ histogram of blocks kept, block usage per class and the images of the most frequ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +25,7 @@ import torch
 from agents.baselines import FullPolicy, drop_landscape, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import list_policies, load_policy, policy_path, ship
-from blockdrop_env.checkpoint import run_metadata
+from blockdrop_env.checkpoint import default_checkpoint, run_metadata, shipped_depths
 from blockdrop_env.device import Precision
 from experiments.cli import (
     DataArgs,
@@ -36,6 +38,7 @@ from experiments.cli import (
     run,
 )
 from experiments.plotting import save_plot
+from experiments.published import published_rows
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -59,6 +62,12 @@ class Args(DataArgs):
     """Penalty of a wrong prediction, for the mean reward column."""
     baselines: Literal["all", "full", "none"] = "all"
     """Baselines to evaluate too: all (full ResNet, FirstK and RandomK for K = 1..15), full, none."""
+    static: tuple[int, ...] = ()
+    """Depths of shipped static ResNets to evaluate too, every block (e.g. 20 26): the accuracy-FLOPs
+    front that dropping blocks of the ResNet-32 has to beat."""
+    published: bool = False
+    """Add published reference points to the table and plot (He et al.'s static ResNets, the BlockDrop
+    paper, a public reproduction; see experiments.published)."""
     landscape: bool = False
     """Also the drop landscape: the accuracy with each single block dropped (which blocks matter)."""
     batch_size: int | None = None
@@ -79,30 +88,82 @@ def row(name: str, ev: Evaluation) -> dict:
     return {"name": name, **ev.summary()}
 
 
+def static_row(name: str, ev: Evaluation) -> dict:
+    """A static ResNet's row: its blocks are all of another network's, so no reward at our penalty."""
+    return {**row(name, ev), "static": True, "reward_mean": None}
+
+
+def _cell(value: float | None, fmt: str, std: float | None = None, scale: float = 1.0) -> str:
+    if value is None:
+        return ""
+    text = format(value * scale, fmt)
+    return text if std is None else f"{text} +- {format(std * scale, fmt)}"
+
+
 def markdown_table(rows: list[dict]) -> str:
+    """Blank cells where a row has no figure (a published point, a static ResNet's reward)."""
     lines = [
         "| policy | accuracy (%) | blocks kept (mean +- std) | GFLOPs (mean +- std) | unique policies | mean reward |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['name']} | {100 * r['accuracy']:.2f} | {r['blocks_mean']:.2f} +- {r['blocks_std']:.2f} "
-            f"| {r['flops_mean'] / 1e9:.4f} +- {r['flops_std'] / 1e9:.4f} | {r['unique_policies']} "
-            f"| {r['reward_mean']:.4f} |"
+        cells = (
+            _cell(r["accuracy"], ".2f", scale=100),
+            _cell(r["blocks_mean"], ".2f", r["blocks_std"]),
+            _cell(r["flops_mean"], ".4f", r["flops_std"], scale=1e-9),
+            "" if r["unique_policies"] is None else str(r["unique_policies"]),
+            _cell(r["reward_mean"], ".4f"),
         )
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_accuracy_flops(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for prefix, style in (("FirstK", "o-"), ("RandomK", "s-")):
-        pts = sorted((r["flops_mean"], r["accuracy"]) for r in rows if r["name"].startswith(prefix))
-        if pts:
-            ax.plot([p[0] / 1e6 for p in pts], [100 * p[1] for p in pts], style, ms=3, label=prefix)
-    for r in rows:
-        if not r["name"].startswith(("FirstK", "RandomK", "drop block")):
+    """FirstK and RandomK as curves, the static ResNets (ours: the full ResNet and --static; and
+    published) as fronts, every policy as a star, published agents as hollow diamonds. With a static
+    front or a policy, a second panel zooms on the accuracy of the networks worth using."""
+    heuristic = ("FirstK", "RandomK", "drop block")
+    ours = [r for r in rows if (r.get("static") and not r.get("published")) or r["name"] == "full ResNet"]
+    published = [r for r in rows if r.get("published") and r["flops_mean"] is not None]
+    policies = [r for r in rows if not (r["name"].startswith(heuristic) or r in ours or r.get("published"))]
+    focus = ours[1:] + published + policies
+    fig, axes = plt.subplots(1, 2 if focus else 1, figsize=(12 if focus else 7, 4.5), squeeze=False)
+
+    def draw(ax: plt.Axes) -> None:
+        def curve(selected: list[dict], style: str, label: str, **kw: object) -> None:
+            pts = sorted((r["flops_mean"] / 1e6, 100 * r["accuracy"]) for r in selected)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, ms=4, label=label, **kw)
+
+        for prefix, style in (("FirstK", "o-"), ("RandomK", "s-")):
+            curve([r for r in rows if r["name"].startswith(prefix)], style, prefix, alpha=0.6)
+        if len(ours) > 1:
+            curve(ours, "D-", "static ResNets (ours)", color="k")
+        curve([r for r in published if r["static"]], "D--", "static ResNets (published)", color="grey", mfc="none")
+        for r in policies:
             ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], "*", ms=12, label=r["name"])
-    save_plot(fig, ax, "MFLOPs per image", "accuracy (%)", path)
+        for r in published:
+            if not r["static"]:
+                ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], "d", ms=8, mfc="none", label=r["name"])
+        ax.set_xlabel("MFLOPs per image (policy included)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+
+    for ax in axes[0]:
+        draw(ax)
+    if focus:
+        accuracy = [100 * r["accuracy"] for r in focus + ours]
+        mflops = [r["flops_mean"] / 1e6 for r in focus + ours]
+        zoom = axes[0, 1]
+        zoom.set_ylim(min(accuracy) - 2, max(accuracy) + 0.5)
+        zoom.set_xlim(min(mflops) - 15, max(mflops) + 10)
+        zoom.set_title("zoomed on the agents and the static ResNets", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    rows_of_legend = math.ceil(len(labels) / 3)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_landscape(rows: list[dict], path: Path) -> None:
@@ -158,6 +219,9 @@ def main(args: Args) -> list[dict]:
     require_penalty(args, "penalty")
     require_positive(args, "batch_size")
     require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
+    for depth in args.static:
+        shipped = shipped_depths()
+        require(depth in shipped, f"--static {depth}: no shipped ResNet-{depth} (shipped: {shipped})")
     shippable = args.policy is not None and args.baselines != "none"
     require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
     check_writable(args.out)  # before the evaluation, not after it
@@ -197,6 +261,20 @@ def main(args: Args) -> list[dict]:
             rows.append(row(name_k, evaluate(env, heuristic)))
     if args.landscape:
         rows += [row(name_k, evaluate(env, drop)) for name_k, drop in drop_landscape(k_total)]
+    for depth in args.static:
+        static_env = make_eval_env(
+            args.split,
+            args.batch_size,
+            penalty=args.penalty,
+            device=args.device,
+            precision=args.precision,
+            data_dir=args.data_dir,
+            checkpoint=default_checkpoint(depth),
+            depth=depth,
+        )
+        rows.append(static_row(f"static ResNet-{depth}", evaluate(static_env, FullPolicy(static_env.num_blocks))))
+    if args.published:
+        rows += published_rows()
 
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = env.task.checkpoint_meta.get("test_accuracy")

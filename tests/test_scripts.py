@@ -184,7 +184,7 @@ def test_bench_smoke(tmp_path, env_kwargs):
             finetune_batch=4,
             pretrain_batch=8,
             min_seconds=0.01,
-            ppo_steps=32,
+            sb3_steps=32,
             epoch_images=20,
             compile=None,  # the compiled path is checked in tests/test_inference.py
             out=tmp_path,
@@ -198,7 +198,10 @@ def test_bench_smoke(tmp_path, env_kwargs):
     assert sum("(the env's default)" in r["name"] for r in rows) == 1
     # Where training defaults to bf16 (CPUs with native bf16), every training figure also in fp32.
     half = training_dtype(torch.device("cpu")) != torch.float32
-    assert len(rows) == (19 if half else 12)
+    sb3 = [r["name"].split(" through")[0] for r in rows if r["name"].startswith("SB3")]
+    assert sb3[:3] == ["SB3 PPO", "SB3 A2C", "SB3 TRPO"] and len(sb3) == 2 + len(bench.TRPO_VARIANTS)
+    assert "SB3 TRPO (sub_sampling_factor=4)" in sb3
+    assert len(rows) == (18 if half else 11) + len(sb3)
     trained = [r["name"].split(",")[0] for r in rows if "fp32" in r["name"].split(",")[-1]]
     if half:
         assert trained == [
@@ -236,7 +239,7 @@ def test_bench_run_cut_off_keeps_the_figures_it_finished(tmp_path, env_kwargs, m
     monkeypatch.setattr(bench, "make_algorithm", killed)
     args = bench.Args(
         device="cpu",
-        sections=("finetune", "ppo", "agreement"),
+        sections=("finetune", "sb3", "agreement"),
         reference_batch=8,
         finetune_batch=4,
         min_seconds=0.01,
