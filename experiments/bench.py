@@ -49,13 +49,14 @@ from experiments.cli import DataArgs, check_device, check_writable, run
 from experiments.pretrain_resnet import sgd_step
 
 # TRPO's cost is its conjugate-gradient steps (Hessian-vector products through the ResNet-8 trunk)
-# and its critic epochs: its defaults here, then sb3-contrib's options that cut them.
+# and its critic epochs: its defaults here (agents.sb3.DEFAULTS), then with sb3-contrib's own
+# defaults for the options that cut them, one at a time and all together.
 TRPO_VARIANTS: tuple[dict[str, object], ...] = (
     {},
     {"sub_sampling_factor": 4},
-    {"cg_max_steps": 5},
-    {"n_critic_updates": 3},
-    {"sub_sampling_factor": 4, "cg_max_steps": 5, "n_critic_updates": 3},
+    {"cg_max_steps": 15},
+    {"n_critic_updates": 10},
+    {"sub_sampling_factor": 1, "cg_max_steps": 15, "n_critic_updates": 10},
 )
 
 Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "sb3", "agreement"]
