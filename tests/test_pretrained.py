@@ -1,6 +1,8 @@
 """Shipped agents by name: listed, loaded in Python and by the evaluate script."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,7 +82,9 @@ def test_evaluate_ships_a_trained_agent_without_its_resume_state(shipped, env_kw
 
 def test_every_shipped_agent_loads_and_carries_its_card():
     names = list_policies()
-    assert "r32-curriculum-cpu" in names  # the README's first command evaluates it
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    first = re.search(r"experiments\.evaluate --policy (\S+) --baselines full --out runs/evaluate/first", readme)
+    assert first and first.group(1) in names  # the README's first command evaluates a shipped agent
     for name in names:
         agent = load_policy(name, device="cpu")
         card = policy_card(name)
