@@ -5,7 +5,7 @@ heuristic baselines (full ResNet, FirstK and RandomK for K = 1..15).
     python -m experiments.evaluate --list-policies         # the shipped agents' names
     python -m experiments.evaluate --policy NAME --baselines full   # a shipped agent beside the full ResNet
     python -m experiments.evaluate --policy runs/blockdrop/agent.pt --out runs/evaluate/mine
-    python -m experiments.evaluate --policy NAME --static 20 26 --published   # the accuracy-FLOPs front
+    python -m experiments.evaluate --policy NAME --also OTHER --static 20 26 --published   # the accuracy-FLOPs front
 
 Writes ``summary.json``, ``table.md`` and plots (accuracy against FLOPs; with a policy also a
 histogram of blocks kept, block usage per class and the images of the most frequent policies).
@@ -25,6 +25,7 @@ import torch
 from agents.baselines import FullPolicy, drop_landscape, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import list_policies, load_policy, policy_path, ship
+from agents.reinforce import BlockDropAgent
 from blockdrop_env.checkpoint import default_checkpoint, run_metadata, shipped_depths
 from blockdrop_env.device import Precision
 from experiments.cli import (
@@ -48,6 +49,9 @@ class Args(DataArgs):
     policy: str | None = None
     """A shipped agent's name (--list-policies) or an agent checkpoint from
     ``experiments.train_blockdrop``; none: baselines only."""
+    also: tuple[str, ...] = ()
+    """More agents (shipped names or checkpoints) evaluated beside --policy, into the same table and
+    accuracy-FLOPs plot (--ship and the per-policy plots concern --policy alone)."""
     list_policies: bool = False
     """Print the shipped agents' names, one per line, and stop."""
     ship: str | None = None
@@ -212,6 +216,17 @@ def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int
     plt.close(fig)
 
 
+def load_named(policy: str, args: Args, ship_as: str | None = None) -> tuple[str, BlockDropAgent]:
+    """An agent by shipped name or checkpoint, and its row's name (a run's folder names it)."""
+    try:
+        agent = load_policy(policy, device=args.device, precision=args.precision)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    path = Path(policy)
+    label = ship_as or (path.parent.name if path.stem == "agent" else path.stem)
+    return f"BlockDrop ({label})", agent
+
+
 def main(args: Args) -> list[dict]:
     if args.list_policies:
         print("\n".join(list_policies()))
@@ -224,18 +239,12 @@ def main(args: Args) -> list[dict]:
         require(depth in shipped, f"--static {depth}: no shipped ResNet-{depth} (shipped: {shipped})")
     shippable = args.policy is not None and args.baselines != "none"
     require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
+    require(not args.also or args.policy is not None, "--also needs --policy")
     check_writable(args.out)  # before the evaluation, not after it
     check_device(args.device)
     args.fetch_data()
-    policy, resnet_checkpoint, policy_flops, name = None, args.checkpoint, 0.0, None
-    if args.policy is not None:
-        try:
-            agent = load_policy(args.policy, device=args.device, precision=args.precision)
-        except FileNotFoundError as e:
-            raise UsageError(str(e)) from None
-        path = Path(args.policy)
-        label = args.ship or (path.parent.name if path.stem == "agent" else path.stem)  # a run's folder names it
-        policy, policy_flops, name = agent.greedy, agent.policy.flops(), f"BlockDrop ({label})"
+    named = [load_named(p, args, args.ship) for p in ((args.policy,) if args.policy is not None else ())]
+    named += [load_named(p, args) for p in args.also]
     env = make_eval_env(
         args.split,
         args.batch_size,
@@ -243,17 +252,17 @@ def main(args: Args) -> list[dict]:
         device=args.device,
         precision=args.precision,
         data_dir=args.data_dir,
-        checkpoint=resnet_checkpoint,
+        checkpoint=args.checkpoint,
     )
     k_total = env.num_blocks
     rows, evaluations = [], {}
-    if policy is not None:
-        base_state = {k: v.clone() for k, v in env.resnet.state_dict().items()}
+    base_state = {k: v.clone() for k, v in env.resnet.state_dict().items()}
+    for name, agent in named:
         if agent.resnet_state is not None:
             env.resnet.load_state_dict(agent.resnet_state)  # the ResNet finetuned with the policy
-        evaluations[name] = evaluate(env, policy, policy_flops)
+        evaluations[name] = evaluate(env, agent.greedy, agent.policy.flops())
         rows.append(row(name, evaluations[name]))
-        env.resnet.load_state_dict(base_state)  # baselines run on the base ResNet
+        env.resnet.load_state_dict(base_state)  # the next agent's, and the baselines, on the base ResNet
     if args.baselines != "none":
         rows.append(row("full ResNet", evaluate(env, FullPolicy(k_total))))
     if args.baselines == "all":
@@ -291,8 +300,8 @@ def main(args: Args) -> list[dict]:
         plot_accuracy_flops(rows, args.out / "accuracy_vs_flops.png")
         if args.landscape:
             plot_landscape(rows, args.out / "drop_landscape.png")
-        if policy is not None:
-            plot_policy(evaluations[name], env.task.images.cpu(), args.out, k_total)
+        if named:
+            plot_policy(evaluations[named[0][0]], env.task.images.cpu(), args.out, k_total)
     print(table)
     full = next((r for r in rows if r["name"] == "full ResNet"), None)
     if full is not None:
@@ -302,7 +311,8 @@ def main(args: Args) -> list[dict]:
         )
     print(f"wrote {args.out}/")
     if args.ship is not None:
-        card = {"evaluated": run_metadata()["command"], "split": args.split, "penalty": args.penalty, "rows": rows[:2]}
+        beside = [rows[0], full]  # the shipped agent and the full ResNet, whatever else was evaluated
+        card = {"evaluated": run_metadata()["command"], "split": args.split, "penalty": args.penalty, "rows": beside}
         print(f"shipped as {args.ship}: {ship(policy_path(args.policy), args.ship, card)}")
     return rows
 

@@ -64,9 +64,14 @@ def test_evaluate_ships_a_trained_agent_without_its_resume_state(shipped, env_kw
         evaluate_script.main(
             evaluate_script.Args(policy=str(run), ship="x", baselines="none", out=tmp_path / "e", **common)
         )
-    evaluate_script.main(
-        evaluate_script.Args(policy=str(run), ship="new-one", baselines="full", out=tmp_path / "e", **common)
+    with pytest.raises(UsageError, match="--also needs --policy"):
+        evaluate_script.main(evaluate_script.Args(also=("tiny-agent",), out=tmp_path / "e", **common))
+    rows = evaluate_script.main(  # another agent beside it stays out of the card
+        evaluate_script.Args(
+            policy=str(run), also=("tiny-agent",), ship="new-one", baselines="full", out=tmp_path / "e", **common
+        )
     )
+    assert [r["name"] for r in rows] == ["BlockDrop (new-one)", "BlockDrop (tiny-agent)", "full ResNet"]
     assert list_policies() == ["new-one", "tiny-agent"]
     saved = torch.load(pretrained.SHIPPED / "new-one.pt", weights_only=True)
     assert "optimizer" not in saved and "envs" not in saved and saved["trained"]["epoch"] == 1
