@@ -82,6 +82,14 @@ def machine_description() -> str:
     return f"{gpu}{os.cpu_count()} CPUs ({platform.machine()}), {platform.system()}, torch {torch.__version__}"
 
 
+def _program() -> list[str]:
+    """How this process was started: ``-m module`` (as the README's commands are), else the script."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return ["-m", spec.name.removesuffix(".__main__")]
+    return [os.path.relpath(sys.argv[0])]
+
+
 def run_metadata() -> dict[str, str]:
     """Command line, git commit, date and machine of the current run."""
     here = Path(__file__).resolve().parent
@@ -96,7 +104,7 @@ def run_metadata() -> dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {
-        "command": " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "command": " ".join(["python", *_program(), *sys.argv[1:]]),
         "git_commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),

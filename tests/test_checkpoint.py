@@ -80,3 +80,21 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     reference.write_text("")
     for name in ("a.pt", "b.json"):
         assert (tmp_path / name).stat().st_mode == reference.stat().st_mode, name
+
+
+@pytest.mark.parametrize("how", [["-m", "probe_meta"], ["probe_meta.py"]])
+def test_run_metadata_records_the_command_as_it_was_typed(tmp_path, how):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "probe_meta.py").write_text(
+        "from blockdrop_env.checkpoint import run_metadata\nprint(run_metadata()['command'])\n"
+    )
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, *how, "--seed", "3"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == " ".join(["python", *how, "--seed", "3"])
