@@ -245,15 +245,19 @@ def main(args: Args) -> list[dict]:
     args.fetch_data()
     named = [load_named(p, args, args.ship) for p in ((args.policy,) if args.policy is not None else ())]
     named += [load_named(p, args) for p in args.also]
-    env = make_eval_env(
-        args.split,
-        args.batch_size,
-        penalty=args.penalty,
-        device=args.device,
-        precision=args.precision,
-        data_dir=args.data_dir,
-        checkpoint=args.checkpoint,
-    )
+
+    def eval_env(**resnet: object):  # the split, batches, penalty and forward of every evaluation here
+        return make_eval_env(
+            args.split,
+            args.batch_size,
+            penalty=args.penalty,
+            device=args.device,
+            precision=args.precision,
+            data_dir=args.data_dir,
+            **resnet,
+        )
+
+    env = eval_env(checkpoint=args.checkpoint)
     k_total = env.num_blocks
     rows, evaluations = [], {}
     base_state = {k: v.clone() for k, v in env.resnet.state_dict().items()}
@@ -271,16 +275,7 @@ def main(args: Args) -> list[dict]:
     if args.landscape:
         rows += [row(name_k, evaluate(env, drop)) for name_k, drop in drop_landscape(k_total)]
     for depth in args.static:
-        static_env = make_eval_env(
-            args.split,
-            args.batch_size,
-            penalty=args.penalty,
-            device=args.device,
-            precision=args.precision,
-            data_dir=args.data_dir,
-            checkpoint=default_checkpoint(depth),
-            depth=depth,
-        )
+        static_env = eval_env(checkpoint=default_checkpoint(depth), depth=depth)
         rows.append(static_row(f"static ResNet-{depth}", evaluate(static_env, FullPolicy(static_env.num_blocks))))
     if args.published:
         rows += published_rows()
