@@ -234,8 +234,8 @@ def main(args: Args) -> list[dict]:
     require_penalty(args, "penalty")
     require_positive(args, "batch_size")
     require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
+    shipped = shipped_depths()
     for depth in args.static:
-        shipped = shipped_depths()
         require(depth in shipped, f"--static {depth}: no shipped ResNet-{depth} (shipped: {shipped})")
     shippable = args.policy is not None and args.baselines != "none"
     require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
