@@ -7,6 +7,8 @@ A policy here is any callable from a batch of images (B, 3, 32, 32) uint8 to a b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -37,13 +39,17 @@ class FirstK:
 class RandomK:
     """Runs k blocks chosen uniformly at random for each image (the paper's RandomK)."""
 
-    def __init__(self, k: int, num_blocks: int = 15, seed: int = 0, device: str | torch.device = "cpu") -> None:
+    def __init__(self, k: int, num_blocks: int = 15, seed: int = 0, device: str | torch.device | None = None) -> None:
         if not 0 <= k <= num_blocks:
             raise ValueError(f"k must lie in [0, {num_blocks}]; got {k}")
-        self.k, self.num_blocks = k, num_blocks
-        self.generator = torch.Generator(device).manual_seed(seed)
+        self.k, self.num_blocks, self.seed = k, num_blocks, seed
+        self.generator = None if device is None else torch.Generator(device).manual_seed(seed)
 
     def __call__(self, images: Tensor) -> Tensor:
+        # The generator lives where the images are (a CPU generator cannot draw on the GPU): made
+        # at the first call unless a device was given, and made again if the images move.
+        if self.generator is None or self.generator.device.type != images.device.type:
+            self.generator = torch.Generator(images.device).manual_seed(self.seed)
         scores = torch.rand(len(images), self.num_blocks, device=images.device, generator=self.generator)
         rank = scores.argsort(1).argsort(1)  # a uniformly random permutation per image
         return rank < self.k
@@ -68,10 +74,14 @@ def drop_landscape(num_blocks: int = 15) -> list[tuple[str, DropOne]]:
 
 
 def heuristic_policies(
-    num_blocks: int = 15, seed: int = 0, device: str | torch.device = "cpu"
+    num_blocks: int = 15,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    budgets: Sequence[int] | None = None,
 ) -> list[tuple[str, FirstK | RandomK]]:
     """The paper's heuristic sweep: ("FirstK k=i", FirstK(i)) then ("RandomK k=i", RandomK(i))
-    for i = 1..num_blocks."""
-    first = [(f"FirstK k={k}", FirstK(k, num_blocks)) for k in range(1, num_blocks + 1)]
-    rand = [(f"RandomK k={k}", RandomK(k, num_blocks, seed, device)) for k in range(1, num_blocks + 1)]
+    for each budget i in ``budgets`` (default: every i = 1..num_blocks)."""
+    budgets = range(1, num_blocks + 1) if budgets is None else budgets
+    first = [(f"FirstK k={k}", FirstK(k, num_blocks)) for k in budgets]
+    rand = [(f"RandomK k={k}", RandomK(k, num_blocks, seed, device)) for k in budgets]
     return first + rand

@@ -13,4 +13,5 @@ from torch import Tensor
 def blockdrop_reward(correct: Tensor, blocks_kept: Tensor, num_blocks: int, penalty: float) -> Tensor:
     """Reward per sample (float32) from ``correct`` (bool) and ``blocks_kept`` (counts)."""
     sparsity = 1.0 - (blocks_kept.float() / num_blocks) ** 2
-    return torch.where(correct, sparsity, torch.as_tensor(penalty, dtype=sparsity.dtype))
+    # A Python scalar, not a CPU tensor: moving one to the GPU would wait on it (seen on an H200).
+    return torch.where(correct, sparsity, penalty)

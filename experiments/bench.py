@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -40,7 +40,7 @@ from agents.sb3 import DEFAULTS, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
 from blockdrop_env.data import random_crop_flip
 from blockdrop_env.device import Precision, resolve_device, training_dtype
-from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, MaskedPredictor
+from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, FusedKernels, MaskedPredictor
 from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
@@ -419,7 +419,9 @@ def main(args: Args) -> dict:
         for batch in compiled_batches:
             attempt(f"env step {compiled}", lambda b=batch: measure_step(b, f", {compiled}", compile=args.compile))
         for batch in (compiled_batches or (8192,)) if cuda else ():  # Triton needs a GPU
-            attempt("env step fused", lambda b=batch: measure_step(b, ", fused Triton blocks (one)", fused="one"))
+            for kernels in get_args(FusedKernels):
+                how = f", fused Triton blocks ({kernels})"
+                attempt(f"env step{how}", lambda b=batch, k=kernels, h=how: measure_step(b, h, fused=k))
 
     def curriculum_section() -> None:
         for precision in precisions:
@@ -427,9 +429,9 @@ def main(args: Args) -> dict:
         if args.compile:
             how = f", env and policy {compiled}"
             attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, compile=args.compile))
-        if cuda:
-            how = ", env fused (one)" + (f", policy {compiled}" if args.compile else "")
-            attempt(f"curriculum step{how}", lambda: measure_curriculum(how, args.compile, fused="one"))
+        for kernels in get_args(FusedKernels) if cuda else ():
+            how = f", env fused ({kernels})" + (f", policy {compiled}" if args.compile else "")
+            attempt(f"curriculum step{how}", lambda k=kernels, h=how: measure_curriculum(h, args.compile, fused=k))
 
     def agreement_section() -> None:
         default = ForwardOptions.for_device(device)

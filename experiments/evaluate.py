@@ -57,6 +57,9 @@ class Args(DataArgs):
     ship: str | None = None
     """Add the evaluated --policy checkpoint to the shipped agents under this name (agents/trained/),
     with this evaluation and its training command in <name>.json; needs --baselines full or all."""
+    depth: int = 32
+    """Depth of the base ResNet: 32 (BlockDrop-CIFAR10-R32, 15 blocks) or 110 (BlockDrop-CIFAR10-R110,
+    54 blocks); its shipped checkpoint unless --checkpoint."""
     checkpoint: Path | None = None
     """Base ResNet checkpoint of the baselines (and of a policy saved without a finetuned ResNet);
     default: the shipped one. A policy saved with its finetuned ResNet is evaluated with that."""
@@ -65,7 +68,10 @@ class Args(DataArgs):
     penalty: float = -1.0
     """Penalty of a wrong prediction, for the mean reward column."""
     baselines: Literal["all", "full", "none"] = "all"
-    """Baselines to evaluate too: all (full ResNet, FirstK and RandomK for K = 1..15), full, none."""
+    """Baselines to evaluate too: all (full ResNet, FirstK and RandomK for every budget K), full, none."""
+    budgets: tuple[int, ...] = ()
+    """Budgets K of the FirstK and RandomK baselines (e.g. 12 24 36 for the ResNet-110's 54 blocks);
+    default: every K from 1 to the number of blocks."""
     static: tuple[int, ...] = ()
     """Depths of shipped static ResNets to evaluate too, every block (e.g. 20 26): the accuracy-FLOPs
     front that dropping blocks of the ResNet-32 has to beat."""
@@ -240,6 +246,7 @@ def main(args: Args) -> list[dict]:
     shippable = args.policy is not None and args.baselines != "none"
     require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
     require(not args.also or args.policy is not None, "--also needs --policy")
+    require(not args.published or args.depth == 32, "--published: the published points are the ResNet-32's")
     check_writable(args.out)  # before the evaluation, not after it
     check_device(args.device)
     args.fetch_data()
@@ -257,8 +264,13 @@ def main(args: Args) -> list[dict]:
             **resnet,
         )
 
-    env = eval_env(checkpoint=args.checkpoint)
+    env = eval_env(checkpoint=args.checkpoint, depth=args.depth)
     k_total = env.num_blocks
+    for name, agent in named:
+        blocks = agent.policy.num_blocks
+        require(blocks == k_total, f"{name} decides {blocks} blocks; the ResNet-{args.depth} has {k_total}")
+    for k in args.budgets:
+        require(1 <= k <= k_total, f"--budgets: {k} is not in [1, {k_total}]")
     rows, evaluations = [], {}
     base_state = {k: v.clone() for k, v in env.resnet.state_dict().items()}
     for name, agent in named:
@@ -270,7 +282,7 @@ def main(args: Args) -> list[dict]:
     if args.baselines != "none":
         rows.append(row("full ResNet", evaluate(env, FullPolicy(k_total))))
     if args.baselines == "all":
-        for name_k, heuristic in heuristic_policies(k_total, args.seed, env.device):
+        for name_k, heuristic in heuristic_policies(k_total, args.seed, env.device, args.budgets or None):
             rows.append(row(name_k, evaluate(env, heuristic)))
     if args.landscape:
         rows += [row(name_k, evaluate(env, drop)) for name_k, drop in drop_landscape(k_total)]

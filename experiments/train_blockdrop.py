@@ -42,6 +42,7 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
+from blockdrop_env.device import resolve_device
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments.cli import (
@@ -99,8 +100,11 @@ class Args(DataArgs, ForwardArgs):
     """Image size the policy looks at: 32, or 16 / 8 for a cheaper policy on a downsampled image."""
     init: Path | None = None
     """Agent checkpoint to start from (e.g. a curriculum run for --stage finetune)."""
+    depth: int = 32
+    """Depth of the ResNet whose blocks are dropped: 32 (BlockDrop-CIFAR10-R32, 15 blocks) or 110
+    (BlockDrop-CIFAR10-R110, 54 blocks); the policy decides one bit per block."""
     resnet_checkpoint: Path | None = None
-    """ResNet to start from; default: the finetuned one in --init, else the shipped checkpoint."""
+    """ResNet to start from; default: the finetuned one in --init, else the shipped checkpoint of --depth."""
     out: Path = Path("runs/blockdrop/default")
     """Run folder: agent.pt, summary.json, tb/."""
     checkpoint_every: int = 10
@@ -214,14 +218,19 @@ def main(args: Args) -> dict:
         check_resume(args, state)
     torch.manual_seed(args.seed)
     require(args.policy_input in (8, 16, 32), f"--policy-input must be 32, 16 or 8; got {args.policy_input}")
+    device = resolve_device(args.device)
+    resnet, _ = load_resnet(args.resnet_checkpoint, depth=args.depth, device=device)
     agent = BlockDropAgent(
-        device=args.device, compile=args.compile, precision=args.precision, policy_input=args.policy_input
+        resnet.num_blocks, device, compile=args.compile, precision=args.precision, policy_input=args.policy_input
     )
-    device = agent.device
 
     init = load_agent(args.init, device) if args.init is not None else None
-    resnet, _ = load_resnet(args.resnet_checkpoint, device=device)
     if init is not None:
+        blocks = init.policy.num_blocks
+        require(
+            blocks == resnet.num_blocks,
+            f"--init {args.init} decides {blocks} blocks; --depth {args.depth} has {resnet.num_blocks}",
+        )
         size = init.policy.input_size
         looks = f"--init {args.init} looks at {size}x{size} images"
         require(size == args.policy_input, f"{looks}: give --policy-input {size}")

@@ -237,3 +237,10 @@ def test_drop_landscape_drops_each_block_once(env_kwargs, tmp_path):
     assert [r["name"] for r in rows] == ["full ResNet"] + [f"drop block {k}" for k in range(15)]
     assert all(r["blocks_mean"] == 14 for r in rows[1:])
     assert (tmp_path / "drop_landscape.png").stat().st_size > 1000
+
+
+def test_random_k_makes_its_generator_on_the_images_device_unless_given_one():
+    images = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
+    lazy, given = RandomK(6, seed=1), RandomK(6, seed=1, device="cpu")
+    assert lazy.generator is None and torch.equal(lazy(images), given(images))
+    assert lazy.generator.device.type == "cpu" and not torch.equal(lazy(images), RandomK(6, seed=2)(images))

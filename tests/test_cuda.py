@@ -51,3 +51,25 @@ def test_fused_blocks_in_fp16_match_the_fp32_forward(kernels):
             got = fused_features(model, images, keep, torch.float16, kernels).double()
         assert torch.isfinite(got).all()
         assert (got - expected).norm() / expected.norm() < 1e-2
+
+
+def test_random_k_draws_on_the_images_device():
+    from agents.baselines import RandomK
+
+    images = torch.zeros(32, 3, 32, 32, dtype=torch.uint8, device="cuda")
+    first, again = RandomK(9, seed=0)(images), RandomK(9, seed=0)(images)
+    assert first.device.type == "cuda" and torch.equal(first, again) and (first.sum(1) == 9).all()
+
+
+def test_reward_never_waits_on_the_gpu():
+    from blockdrop_env.reward import blockdrop_reward
+
+    correct = torch.rand(64, device="cuda") < 0.5
+    blocks_kept = torch.randint(16, (64,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        reward = blockdrop_reward(correct, blocks_kept, 15, -1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert reward.dtype == torch.float32 and torch.equal(reward[~correct], torch.full_like(reward[~correct], -1.0))

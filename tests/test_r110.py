@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import blockdrop_env  # noqa: F401 - registers the ids
+from agents.reinforce import load_agent
 from blockdrop_env import BlockDropEnv, BlockDropVectorEnv
 from blockdrop_env.checkpoint import save_resnet
 from blockdrop_env.resnet import CifarResNet
@@ -62,6 +63,50 @@ def test_r110_vector_env_agrees_with_the_single_env(r110_kwargs):
         assert single.score(keep[i].numpy()) == pytest.approx(rewards[i].item())
 
 
-def test_r110_without_a_checkpoint_says_how_to_get_one(synthetic_dir):
-    with pytest.raises(FileNotFoundError, match="no pretrained ResNet-110 .* ships with the package yet"):
-        gym.make("BlockDrop-CIFAR10-R110", data_dir=synthetic_dir, device="cpu")
+def test_r110_works_out_of_the_box_with_the_shipped_resnet110(synthetic_dir):
+    env = gym.make("BlockDrop-CIFAR10-R110", split="test", data_dir=synthetic_dir, device="cpu")
+    task = env.unwrapped.task
+    assert task.resnet.num_blocks == 54 and task.checkpoint_meta["test_accuracy"] > 0.92
+    env.reset(seed=0)
+    _, _, *_, info = env.step(np.ones(54, dtype=np.int8))
+    assert info["blocks_kept"] == 54
+
+
+def test_an_unshipped_depth_says_how_to_get_one(synthetic_dir):
+    with pytest.raises(FileNotFoundError, match="no pretrained ResNet-44 .* ships with the package yet"):
+        gym.make("BlockDrop-CIFAR10-R110", depth=44, data_dir=synthetic_dir, device="cpu")
+
+
+def test_agent_trains_and_evaluates_on_the_r110_env(r110_kwargs, tmp_path):
+    from experiments import evaluate, train_blockdrop
+
+    common = dict(device="cpu", data_dir=str(r110_kwargs["data_dir"]), depth=110)
+    train_blockdrop.main(
+        train_blockdrop.Args(
+            stage="curriculum", curriculum_epochs=1, batch_size=16, out=tmp_path / "run",
+            resnet_checkpoint=r110_kwargs["checkpoint"], limit=32, **common,
+        )
+    )  # fmt: skip
+    assert load_agent(tmp_path / "run" / "agent.pt", device="cpu").policy.num_blocks == 54
+    rows = evaluate.main(
+        evaluate.Args(
+            policy=str(tmp_path / "run" / "agent.pt"), checkpoint=r110_kwargs["checkpoint"], budgets=(12, 40),
+            batch_size=16, out=tmp_path / "eval", plots=False, **common,
+        )
+    )  # fmt: skip
+    names = [r["name"] for r in rows]
+    assert names[1:] == ["full ResNet", "FirstK k=12", "FirstK k=40", "RandomK k=12", "RandomK k=40"]
+    assert rows[3]["blocks_mean"] == 40
+
+
+def test_a_policy_for_another_depth_is_refused(r110_kwargs, tmp_path):
+    from experiments import evaluate
+    from experiments.cli import UsageError
+
+    with pytest.raises(UsageError, match="decides 15 blocks; the ResNet-110 has 54"):
+        evaluate.main(
+            evaluate.Args(
+                policy="r32-finetune-p1-cpu", depth=110, checkpoint=r110_kwargs["checkpoint"], device="cpu",
+                data_dir=str(r110_kwargs["data_dir"]), out=tmp_path / "eval",
+            )
+        )  # fmt: skip
