@@ -6,17 +6,24 @@
 #
 #   bash experiments/device_run.sh 'python -m experiments.bench --out results/bench/h200' ...
 #
-# Prepare here first, from the project root (1.1 MB of wheels; CIFAR-10 in three ~45 MB parts):
-#   ../shared/tools/device-wheels tyro docstring-parser typeguard typing-extensions
-#   ../shared/tools/device-data-pack
-# then send .device-data/part1 with .whl (the wheels stay installed in /tmp/site while the machine
-# is warm) in a first run that can already run the CUDA tests (synthetic data):
-#   bash experiments/device_run.sh 'python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py'
-# part2 in a short second run (command: bash experiments/device_run.sh), and part3 in the run that
-# does the work, e.g.
+# Prepare here first, from the project root (1.1 MB of wheels; CIFAR-10 in three ~45 MB xz parts):
+#   ../shared/tools/device-wheels tyro docstring-parser typeguard typing-extensions shtab
+#   pack the parts with the test split first (what 2026-11-29's run did, by hand with xz -6):
+#   .device-data/partA = test_batch batches.meta data_batch_1, partB = data_batch_2..3, partC = 4..5.
+# The working tree travels too and the cap is 64 MiB a run: runs/long/ (tracked, over 20 MB) does not
+# fit beside a part; untrack it for the GPU runs (`git rm -r -q --cached runs/long` and comment out
+# `!/runs/long/` in .gitignore), then restore (`git checkout .gitignore && git reset -q -- runs/long`).
+# Run 1 (carry .whl and .device-data/partA) can already run the CUDA tests and the bench, with
+# data_batch_1 standing in for the five train batches (throughput does not depend on the images):
+#   d=/tmp/standin/cifar-10-batches-py; mkdir -p $d; for f in test_batch batches.meta data_batch_1; do
+#   xz -dc .device-data/partA/$f.xz > $d/$f; done; for i in 2 3 4 5; do ln -sf data_batch_1 $d/data_batch_$i; done
+#   bash experiments/device_run.sh 'python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py' \
+#     'BLOCKDROP_DATA_DIR=/tmp/standin python3 -m experiments.bench --min-seconds 1 --out results/bench/h200'
+# Run 2 (carry partB, command: bash experiments/device_run.sh) at once (the machine goes back 30 s
+# after a run), then run 3 (carry partC) with the real work; wrap a long command in `timeout` so its
+# outputs are still packed, e.g.
 #   bash experiments/device_run.sh \
-#     'python3 -m experiments.pretrain_resnet --epochs 60 --batch-size 256 --lr 0.2 --out runs/pretrain/resnet32_cifar10_h200.pt' \
-#     'python3 -m experiments.bench --checkpoint runs/pretrain/resnet32_cifar10_h200.pt --compile default --out results/bench/h200'
+#     'timeout 400 python3 -m experiments.pretrain_resnet --depth 110 --epochs 60 --batch-size 512 --out runs/long/resnet110_cifar10.pt'
 # Unpack what comes back here with: tar xzf results.tgz
 set -euo pipefail
 OUT=${OUT:-/tmp/device-out}

@@ -65,6 +65,8 @@ class Args(DataArgs):
     default: the shipped one. A policy saved with its finetuned ResNet is evaluated with that."""
     split: str = "test"
     """Split to walk in order: test or train."""
+    limit: int | None = None
+    """Walk only the first N images of the split (a quicker, noisier look; not with --ship)."""
     penalty: float = -1.0
     """Penalty of a wrong prediction, for the mean reward column."""
     baselines: Literal["all", "full", "none"] = "all"
@@ -238,7 +240,8 @@ def main(args: Args) -> list[dict]:
         print("\n".join(list_policies()))
         return []
     require_penalty(args, "penalty")
-    require_positive(args, "batch_size")
+    require_positive(args, "batch_size", "limit")
+    require(args.ship is None or args.limit is None, "--ship evaluates on the whole split: drop --limit")
     require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
     shipped = shipped_depths()
     for depth in args.static:
@@ -257,6 +260,7 @@ def main(args: Args) -> list[dict]:
         return make_eval_env(
             args.split,
             args.batch_size,
+            args.limit,
             penalty=args.penalty,
             device=args.device,
             precision=args.precision,

@@ -64,6 +64,10 @@ def test_evaluate_ships_a_trained_agent_without_its_resume_state(shipped, env_kw
         evaluate_script.main(
             evaluate_script.Args(policy=str(run), ship="x", baselines="none", out=tmp_path / "e", **common)
         )
+    with pytest.raises(UsageError, match="--ship evaluates on the whole split"):
+        evaluate_script.main(
+            evaluate_script.Args(policy=str(run), ship="x", baselines="full", limit=8, out=tmp_path / "e", **common)
+        )
     with pytest.raises(UsageError, match="--also needs --policy"):
         evaluate_script.main(evaluate_script.Args(also=("tiny-agent",), out=tmp_path / "e", **common))
     rows = evaluate_script.main(  # another agent beside it stays out of the card

@@ -91,12 +91,12 @@ def test_agent_trains_and_evaluates_on_the_r110_env(r110_kwargs, tmp_path):
     rows = evaluate.main(
         evaluate.Args(
             policy=str(tmp_path / "run" / "agent.pt"), checkpoint=r110_kwargs["checkpoint"], budgets=(12, 40),
-            batch_size=16, out=tmp_path / "eval", plots=False, **common,
+            batch_size=4, limit=12, out=tmp_path / "eval", plots=False, **common,
         )
     )  # fmt: skip
     names = [r["name"] for r in rows]
     assert names[1:] == ["full ResNet", "FirstK k=12", "FirstK k=40", "RandomK k=12", "RandomK k=40"]
-    assert rows[3]["blocks_mean"] == 40
+    assert rows[3]["blocks_mean"] == 40 and all(r["num_images"] == 12 for r in rows)
 
 
 def test_a_policy_for_another_depth_is_refused(r110_kwargs, tmp_path):
