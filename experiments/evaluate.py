@@ -213,8 +213,11 @@ def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int
     fig, axes = plt.subplots(len(top), 9, figsize=(9, 1.3 * len(top)), squeeze=False)
     for r, p in enumerate(top):
         members = (inverse == p).nonzero().flatten()[:8]
-        policy = "".join("1" if b else "0" for b in policies[p].tolist())
-        axes[r, 0].text(0, 0.5, f"{policy}\n{counts[p]} images", fontsize=7, va="center", family="monospace")
+        bits = "".join("1" if b else "0" for b in policies[p].tolist())
+        stage = len(bits) // 3  # one line per stage, so 54 blocks fit beside the images as 15 do
+        policy = "\n".join(bits[i : i + stage] for i in range(0, len(bits), stage)) if len(bits) > 15 else bits
+        size = 7 if len(bits) <= 15 else 5.5
+        axes[r, 0].text(0, 0.5, f"{policy}\n{counts[p]} images", fontsize=size, va="center", family="monospace")
         for c in range(9):
             axes[r, c].axis("off")
         for c, i in enumerate(members.tolist()):
