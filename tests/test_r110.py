@@ -110,3 +110,11 @@ def test_a_policy_for_another_depth_is_refused(r110_kwargs, tmp_path):
                 data_dir=str(r110_kwargs["data_dir"]), out=tmp_path / "eval",
             )
         )  # fmt: skip
+
+
+def test_published_points_are_refused_beside_the_r110(tmp_path):
+    from experiments import evaluate
+    from experiments.cli import UsageError
+
+    with pytest.raises(UsageError, match="--published: the published points are the ResNet-32's"):
+        evaluate.main(evaluate.Args(depth=110, published=True, device="cpu", out=tmp_path / "eval"))
