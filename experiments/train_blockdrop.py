@@ -216,10 +216,12 @@ def main(args: Args) -> dict:
     state = load_checkpoint(ckpt_path, "policy", "BlockDrop agent checkpoint") if args.resume else None
     if state is not None:
         check_resume(args, state)
-    torch.manual_seed(args.seed)
     require(args.policy_input in (8, 16, 32), f"--policy-input must be 32, 16 or 8; got {args.policy_input}")
     device = resolve_device(args.device)
     resnet, _ = load_resnet(args.resnet_checkpoint, depth=args.depth, device=device)
+    torch.manual_seed(
+        args.seed
+    )  # after building the ResNet (its init draws): the policy's init depends on the seed alone
     agent = BlockDropAgent(
         resnet.num_blocks, device, compile=args.compile, precision=args.precision, policy_input=args.policy_input
     )
