@@ -215,10 +215,10 @@ def plot_policy(ev: Evaluation, images: torch.Tensor, out: Path, num_blocks: int
     fig, axes = plt.subplots(len(top), 9, figsize=(9, 1.3 * len(top)), squeeze=False)
     for r, p in enumerate(top):
         members = (inverse == p).nonzero().flatten()[:8]
-        bits = "".join("1" if b else "0" for b in policies[p].tolist())
-        stage = len(bits) // 3  # one line per stage, so 54 blocks fit beside the images as 15 do
-        policy = "\n".join(bits[i : i + stage] for i in range(0, len(bits), stage)) if len(bits) > 15 else bits
-        size = 7 if len(bits) <= 15 else 5.5
+        policy, size = "".join("1" if b else "0" for b in policies[p].tolist()), 7
+        if num_blocks > 15:  # one line per stage, smaller, so 54 blocks fit beside the images as 15 do
+            stage = num_blocks // 3
+            policy, size = "\n".join(policy[i : i + stage] for i in range(0, num_blocks, stage)), 5.5
         axes[r, 0].text(0, 0.5, f"{policy}\n{counts[p]} images", fontsize=size, va="center", family="monospace")
         for c in range(9):
             axes[r, c].axis("off")

@@ -219,9 +219,8 @@ def main(args: Args) -> dict:
     require(args.policy_input in (8, 16, 32), f"--policy-input must be 32, 16 or 8; got {args.policy_input}")
     device = resolve_device(args.device)
     resnet, _ = load_resnet(args.resnet_checkpoint, depth=args.depth, device=device)
-    torch.manual_seed(
-        args.seed
-    )  # after building the ResNet (its init draws): the policy's init depends on the seed alone
+    # Seeded after building the ResNet (its init draws), so the policy's init depends on the seed alone.
+    torch.manual_seed(args.seed)
     agent = BlockDropAgent(
         resnet.num_blocks, device, compile=args.compile, precision=args.precision, policy_input=args.policy_input
     )
