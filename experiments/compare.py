@@ -16,13 +16,17 @@ as each run finishes, ``summary.json``, ``table.md`` (mean +- std over seeds), `
 (IQM with 95% bootstrap intervals, probability of improvement: ``experiments.comparison_stats``)
 and plots. Each run's JSON records the settings it ran with; run again under the same name, a
 finished run whose settings match is reused (so an interrupted sweep resumes; the reused runs are
-listed), one whose settings differ is refused (``--overwrite`` runs it again).
+listed), one whose settings differ is refused (``--overwrite`` runs it again). A run in progress is
+saved every ``--save-every`` env steps to ``runs/<algorithm>_seed<seed>.resume.pt`` (one file per
+run, overwritten, removed once its JSON is written): run again, an interrupted run continues from
+its last save and ends as it would have without the interruption (same parameters, same draws).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,7 +45,7 @@ from agents.evaluation import Policy, evaluate, make_eval_env
 from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import greedy_policy, make_algorithm
-from blockdrop_env.checkpoint import atomic_write_text, run_metadata
+from blockdrop_env.checkpoint import atomic_save, atomic_write_text, load_checkpoint, run_metadata
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
@@ -52,6 +56,7 @@ from experiments.cli import (
     check_device,
     check_writable,
     cost_note,
+    remove_stale_temporaries,
     require,
     require_penalty,
     require_positive,
@@ -102,6 +107,9 @@ class Args(DataArgs, ForwardArgs):
     """Parent folder of the results."""
     overwrite: bool = False
     """Run again, and replace, finished runs whose recorded settings differ from these."""
+    save_every: int = 10_000
+    """Env steps between saves of a run in progress (``runs/<algorithm>_seed<seed>.resume.pt``, one
+    file per run, overwritten): an interrupted run goes on from its last save. 0: no saves."""
     checkpoint: Path | None = None
     """ResNet checkpoint; default: the shipped one."""
     device: str = "auto"
@@ -123,9 +131,23 @@ def check_args(args: Args) -> None:
     require(bool(args.algorithms) and set(args.algorithms) <= set(known), f"--algorithms must be among {known}")
     require(bool(args.seeds), "--seeds needs at least one seed")
     require_positive(args, "env_steps", "num_envs", "eval_points", "eval_limit", "limit")
+    require(args.save_every >= 0, f"--save-every must be 0 (no saves) or positive; got {args.save_every}")
     require_penalty(args, "penalty")
     fraction = args.curriculum_fraction
     require(0 < fraction <= 1, f"--curriculum-fraction must lie in (0, 1]; got {fraction}")
+
+
+def same_settings(path: Path, recorded: dict[str, str], args: Args) -> bool:
+    """Whether a run recorded in ``path`` ran with the settings of ``args``; a UsageError when they
+    differ, unless ``--overwrite`` (then False: the run starts again)."""
+    settings = run_settings(args).items()
+    differ = [f"{k}: {recorded.get(k, 'not recorded')} -> {v}" for k, v in settings if recorded.get(k) != v]
+    if differ and not args.overwrite:
+        raise UsageError(
+            f"{path} ran with other settings ({'; '.join(differ)}): "
+            "choose another --name, or --overwrite to run it again"
+        )
+    return not differ
 
 
 def reusable(path: Path, args: Args) -> dict | None:
@@ -134,15 +156,85 @@ def reusable(path: Path, args: Args) -> dict | None:
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    recorded = result.get("settings", {})
-    settings = run_settings(args).items()
-    differ = [f"{k}: {recorded.get(k, 'not recorded')} -> {v}" for k, v in settings if recorded.get(k) != v]
-    if differ and not args.overwrite:
-        raise UsageError(
-            f"{path} ran with other settings ({'; '.join(differ)}): "
-            "choose another --name, or --overwrite to run it again"
-        )
-    return None if differ else result
+    return result if same_settings(path, result.get("settings", {}), args) else None
+
+
+def resume_path(runs_dir: Path, algo: str, seed: int) -> Path:
+    return runs_dir / f"{algo}_seed{seed}.resume.pt"
+
+
+def global_rng_state() -> dict:
+    """The global generators (torch, numpy, random) that SB3 samples actions and minibatches from."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "random": random.getstate(),
+    }
+
+
+def set_global_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["random"])
+
+
+class RunSaver:
+    """A run in progress in its resume file: saved every ``--save-every`` env steps, loaded when the
+    run starts again with the same settings. It holds what the run's future depends on: the
+    learner (parameters, optimizer, its generator), the training env (image draws, current images),
+    the global generators, the evaluations so far and the training seconds spent."""
+
+    def __init__(self, path: Path, args: Args) -> None:
+        self.path, self.args = path, args
+        remove_stale_temporaries(path)
+        self.state = load_resume(path, args)
+        self.saved_at = 0 if self.state is None else self.state["env_steps"]
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps the run had done at its last save (0: a new run)."""
+        return self.saved_at
+
+    def restore(self, train_env, recorder: Recorder) -> dict | None:
+        """Put the training env, the global generators and ``recorder`` back as saved (after the
+        learner is built: building it seeds the generators); the learner's saved state, or None."""
+        if self.state is None:
+            return None
+        train_env.unwrapped.load_state_dict(self.state["env"])
+        set_global_rng_state(self.state["rng"])
+        recorder.load_state_dict(self.state["recorder"])
+        return self.state["learner"]
+
+    def maybe_save(self, env_steps: int, train_env, recorder: Recorder, learner: Callable[[], dict]) -> None:
+        """Save when ``--save-every`` env steps have passed since the last save and the run is not
+        over (its JSON takes over then)."""
+        every = self.args.save_every
+        if every and env_steps - self.saved_at >= every and env_steps < self.args.env_steps:
+            state = {
+                "env_steps": env_steps,
+                "settings": run_settings(self.args),
+                "learner": learner(),
+                "env": train_env.unwrapped.state_dict(),
+                "rng": global_rng_state(),
+                "recorder": recorder.state_dict(),
+            }
+            atomic_save(state, self.path)
+            self.saved_at = env_steps
+
+
+def load_resume(path: Path, args: Args) -> dict | None:
+    """The saved state of an unfinished run at ``path`` when its settings match ``args``; None
+    when there is none (or ``--overwrite`` starts a differing one again); a UsageError when they
+    differ."""
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path, "env_steps", "comparison run resume file")
+    return state if same_settings(path, state["settings"], args) else None
 
 
 def decided_at(env_steps: int, args: Args, num_blocks: int) -> int:
@@ -160,7 +252,25 @@ class Recorder:
         self.marks = [round(args.env_steps * (i + 1) / args.eval_points) for i in range(args.eval_points)]
         self.curve: list[dict] = []
         self.eval_seconds = 0.0
+        self.started = time.perf_counter()
         self.bar = tqdm(total=args.env_steps, desc=name, unit="env step", leave=False, position=1)
+
+    def train_seconds(self) -> float:
+        """Seconds of training so far (across interruptions), evaluations excluded."""
+        return time.perf_counter() - self.started - self.eval_seconds
+
+    def state_dict(self) -> dict:
+        return {
+            "marks": list(self.marks),
+            "curve": list(self.curve),
+            "eval_seconds": self.eval_seconds,
+            "train_seconds": self.train_seconds(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.marks, self.curve, self.eval_seconds = list(state["marks"]), list(state["curve"]), state["eval_seconds"]
+        # Backdated so that train_seconds() goes on from the saved figure.
+        self.started = time.perf_counter() - state["train_seconds"] - self.eval_seconds
 
     def maybe_evaluate(self, env_steps: int, policy: Policy) -> None:
         self.bar.update(min(env_steps, self.bar.total) - self.bar.n)
@@ -185,50 +295,100 @@ def make_envs(args: Args, seed: int):
     return (CurriculumVectorWrapper(train, 1) if args.curriculum else train), test
 
 
-def run_blockdrop(args: Args, seed: int, train_env, recorder: Recorder) -> None:
+def run_blockdrop(args: Args, seed: int, train_env, recorder: Recorder, saver: RunSaver) -> None:
     torch.manual_seed(seed)
     agent = BlockDropAgent(device=train_env.unwrapped.device, compile=args.compile, precision=args.precision)
     recorder.policy_flops = agent.policy.flops()
     config = ReinforceConfig()
     optimizer = make_optimizer(agent, train_env, config)
     generator = torch.Generator(agent.device).manual_seed(seed)
+    saved = saver.restore(train_env, recorder)
+    if saved is not None:
+        agent.policy.load_state_dict(saved["policy"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+
+    def learner() -> dict:
+        return {
+            "policy": agent.policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+        }
+
     steps = math.ceil(args.env_steps / args.num_envs)
-    for step in range(steps):
+    for step in range(saver.env_steps // args.num_envs, steps):
         if args.curriculum:
             train_env.decided = decided_at(step * args.num_envs, args, train_env.unwrapped.num_blocks)
         train_step(agent, train_env, optimizer, config, generator)
-        recorder.maybe_evaluate((step + 1) * args.num_envs, agent.greedy)
+        done = (step + 1) * args.num_envs
+        recorder.maybe_evaluate(done, agent.greedy)
+        saver.maybe_save(done, train_env, recorder, learner)
 
 
 class _SB3Hook(BaseCallback):
-    def __init__(self, args: Args, train_env, recorder: Recorder, policy: Callable) -> None:
+    """Sets the curriculum, evaluates at the marks, and saves the run between rollouts (where the
+    rollout buffer is empty: the parameters, optimizer and generators are all there is)."""
+
+    def __init__(self, args: Args, train_env, recorder: Recorder, saver: RunSaver, policy: Callable) -> None:
         super().__init__()
-        self.args, self.train_env, self.recorder, self.policy = args, train_env, recorder, policy
+        self.args, self.train_env, self.recorder, self.saver, self.policy = args, train_env, recorder, saver, policy
+
+    def _set_curriculum(self, env_steps: int) -> None:
+        if self.args.curriculum:
+            self.train_env.decided = decided_at(env_steps, self.args, self.train_env.unwrapped.num_blocks)
+
+    def _on_training_start(self) -> None:
+        self._set_curriculum(self.model.num_timesteps)  # a continued run starts part-way through it
 
     def _on_step(self) -> bool:
-        if self.args.curriculum:
-            self.train_env.decided = decided_at(self.num_timesteps, self.args, self.train_env.unwrapped.num_blocks)
+        self._set_curriculum(self.num_timesteps)
         self.recorder.maybe_evaluate(self.num_timesteps, self.policy)
         return True
 
+    def _on_rollout_start(self) -> None:
+        model = self.model
+        self.saver.maybe_save(
+            model.num_timesteps,
+            self.train_env,
+            self.recorder,
+            lambda: {
+                "policy": model.policy.state_dict(),
+                "optimizer": model.policy.optimizer.state_dict(),
+                "n_updates": model._n_updates,
+            },
+        )
 
-def run_sb3(args: Args, algo: str, seed: int, train_env, recorder: Recorder) -> None:
+
+def run_sb3(args: Args, algo: str, seed: int, train_env, recorder: Recorder, saver: RunSaver) -> None:
     model = make_algorithm(algo, SB3VecEnv(train_env), seed=seed, device=train_env.unwrapped.device)
     # The SB3 policies decide with the BlockDrop agent's ResNet-8 trunk and a K-wide head: same FLOPs.
     recorder.policy_flops = PolicyNet(train_env.unwrapped.num_blocks).flops()
-    model.learn(args.env_steps, callback=_SB3Hook(args, train_env, recorder, greedy_policy(model)))
+    saved = saver.restore(train_env, recorder)
+    if saved is not None:
+        model.policy.load_state_dict(saved["policy"])
+        model.policy.optimizer.load_state_dict(saved["optimizer"])
+        model.num_timesteps, model._n_updates = saver.env_steps, saved["n_updates"]
+        # What learn() would hold after the last step: the images on show, every episode just ended.
+        model._last_obs = train_env.unwrapped.images.cpu().numpy()
+        model._last_episode_starts = np.ones(train_env.num_envs, dtype=bool)
+    hook = _SB3Hook(args, train_env, recorder, saver, greedy_policy(model))
+    model.learn(args.env_steps - saver.env_steps, callback=hook, reset_num_timesteps=saved is None)
 
 
-def run_one(args: Args, algo: str, seed: int) -> dict:
-    """One training run and its evaluations, as the per-run JSON records it."""
+def run_one(args: Args, runs_dir: Path, algo: str, seed: int) -> dict:
+    """One training run and its evaluations, as the per-run JSON records it; continued from its
+    resume file in ``runs_dir`` when there is one."""
+    saver = RunSaver(resume_path(runs_dir, algo, seed), args)
     train_env, test_env = make_envs(args, seed)
     recorder = Recorder(args, test_env, name=f"{algo} seed {seed}")
-    t0 = time.perf_counter()
+    resumed_from = saver.env_steps
+    if resumed_from:
+        tqdm.write(f"{algo} seed {seed}: continuing from its save at {resumed_from} env steps")
     if algo == "blockdrop":
-        run_blockdrop(args, seed, train_env, recorder)
+        run_blockdrop(args, seed, train_env, recorder, saver)
     else:
-        run_sb3(args, algo, seed, train_env, recorder)
-    train_seconds = time.perf_counter() - t0 - recorder.eval_seconds
+        run_sb3(args, algo, seed, train_env, recorder, saver)
+    train_seconds = recorder.train_seconds()
     recorder.bar.close()
     result = {
         "algorithm": algo,
@@ -241,6 +401,8 @@ def run_one(args: Args, algo: str, seed: int) -> dict:
         "device": str(train_env.unwrapped.device),
         "settings": run_settings(args),
     }
+    if resumed_from:
+        result["resumed_from"] = resumed_from  # its train_seconds span the processes
     return result
 
 
@@ -292,14 +454,15 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
     save_plot(fig, ax, "blocks kept (mean)", "test accuracy (%)", out / "accuracy_vs_blocks.png")
 
 
-def run_serially(args: Args, jobs: list[tuple[str, int]], keep: Callable[[dict], None]) -> None:
+def run_serially(jobs: list[tuple[str, int]], run: Callable[[str, int], dict], keep: Callable[[dict], None]) -> None:
     """The runs one after another in this process, saying after each algorithm's first run what
     the rest will cost."""
     seconds: dict[str, float] = {}  # per run, per algorithm, as measured here
     for i, (algo, seed) in enumerate(tqdm(jobs, desc="compare", unit="run")):
         t0 = time.perf_counter()
-        keep(run_one(args, algo, seed))
-        if algo not in seconds:
+        result = run(algo, seed)
+        keep(result)
+        if algo not in seconds and "resumed_from" not in result:  # a whole run measures the rest
             seconds[algo] = time.perf_counter() - t0
             left = [a for a, _ in jobs[i + 1 :]]
             unmeasured = sorted({a for a in left if a not in seconds})
@@ -318,6 +481,7 @@ def main(args: Args) -> list[dict]:
     if args.engine == "ray":
         sweep.ray_modules()
     out = args.out_root / args.name
+    runs_dir = (out / "runs").resolve()  # absolute: Ray trials may run in another working directory
     check_writable(out / "runs")
     args.fetch_data()
     jobs = [(algo, seed) for algo in args.algorithms for seed in args.seeds]
@@ -326,11 +490,15 @@ def main(args: Args) -> list[dict]:
     if reused:
         print(f"reusing {len(reused)} finished run(s) with the same settings from {out / 'runs'}: {', '.join(reused)}")
     pending = [job for job in jobs if finished[job] is None]
+    for algo, seed in pending:  # settings of unfinished runs checked before any run starts
+        load_resume(resume_path(runs_dir, algo, seed), args)
+    run = partial(run_one, args, runs_dir)
 
     def keep(result: dict) -> None:
         """A finished run: its JSON written at once (a run counts as done once this exists)."""
         algo, seed = result["algorithm"], result["seed"]
         atomic_write_text(out / "runs" / f"{algo}_seed{seed}.json", json.dumps(result, indent=2) + "\n")
+        resume_path(runs_dir, algo, seed).unlink(missing_ok=True)
         finished[algo, seed] = result
         final = result["final"]
         tqdm.write(
@@ -341,11 +509,9 @@ def main(args: Args) -> list[dict]:
     if pending and args.engine == "ray":
         gpus = args.gpus_per_trial if args.gpus_per_trial is not None else 0.25 * torch.cuda.is_available()
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        sweep.run_trials(
-            pending, partial(run_one, args), keep, out / "tune" / stamp, args.address, args.cpus_per_trial, gpus
-        )
+        sweep.run_trials(pending, run, keep, out / "tune" / stamp, args.address, args.cpus_per_trial, gpus)
     elif pending:
-        run_serially(args, pending, keep)
+        run_serially(pending, run, keep)
     results = [finished[job] for job in jobs]
     _, test_env = make_envs(args, 0)
     heuristics = [

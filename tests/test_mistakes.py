@@ -278,6 +278,7 @@ def test_pretraining_refuses_zero_sizes(synthetic_dir, tmp_path, bad):
         ("experiments.pretrain_resnet", ["--batch-size", "0"], "--batch-size must be a positive integer"),
         ("experiments.evaluate", ["--penalty", "3"], "--penalty must be <= 0"),
         ("experiments.compare", ["--algorithms", "dqn"], "--algorithms must be among"),
+        ("experiments.compare", ["--save-every", "-1"], "--save-every must be 0 (no saves) or positive"),
         pytest.param(
             "experiments.bench",
             ["--device", "cuda"],

@@ -165,6 +165,73 @@ def test_compare_end_to_end_and_resume(tmp_path, env_kwargs, monkeypatch):
     assert [r["final"] for r in compare.main(args)] == [r["final"] for r in results]
 
 
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("algo", ["blockdrop", "ppo", "a2c", "trpo"])
+def test_an_interrupted_compare_run_continues_from_its_save_as_if_never_stopped(
+    tmp_path, env_kwargs, algo, monkeypatch
+):
+    from experiments import compare
+
+    if algo == "trpo":
+        pytest.importorskip("sb3_contrib")
+    common = dict(
+        algorithms=(algo,),
+        seeds=(0,),
+        engine="serial",
+        env_steps=128,  # PPO and TRPO: two rollouts of 4 x 16 env steps, saved between them
+        num_envs=16,
+        eval_points=4,
+        save_every=32,
+        curriculum=True,
+        checkpoint=env_kwargs["checkpoint"],
+        device="cpu",
+        data_dir=str(env_kwargs["data_dir"]),
+    )
+    learners = []  # every agent or SB3 model the runs build, to compare their final parameters
+
+    def watch_learners():
+        def kept(make):
+            return lambda *a, **k: learners.append(make(*a, **k)) or learners[-1]
+
+        monkeypatch.setattr(compare, "make_algorithm", kept(compare.make_algorithm))
+        monkeypatch.setattr(compare, "BlockDropAgent", kept(compare.BlockDropAgent))
+
+    watch_learners()
+    straight = compare.main(compare.Args(out_root=tmp_path / "straight", **common))[0]
+    assert "resumed_from" not in straight
+    straight_params = learners[-1].policy.state_dict()
+
+    args = compare.Args(out_root=tmp_path / "stopped", **common)
+    save = compare.RunSaver.maybe_save
+
+    def save_then_crash(self, env_steps, *a):
+        save(self, env_steps, *a)
+        if self.saved_at == 64:  # the run dies after its save half-way, evaluations on either side
+            raise _Interrupted
+
+    monkeypatch.setattr(compare.RunSaver, "maybe_save", save_then_crash)
+    with pytest.raises(_Interrupted):
+        compare.main(args)
+    resume_file = tmp_path / "stopped" / "default" / "runs" / f"{algo}_seed0.resume.pt"
+    assert resume_file.is_file() and not (resume_file.parent / f"{algo}_seed0.json").exists()
+    monkeypatch.undo()
+
+    with pytest.raises(UsageError, match=r"resume\.pt ran with other settings \(penalty: -1\.0 -> -2\.0\)"):
+        compare.main(compare.Args(out_root=tmp_path / "stopped", **{**common, "penalty": -2.0}))
+    watch_learners()
+    resumed = compare.main(args)[0]
+    assert resumed["resumed_from"] == 64 and not resume_file.exists()
+    assert [p["env_steps"] for p in resumed["curve"]] == [32, 64, 96, 128]
+    assert resumed["curve"] == straight["curve"]
+    # The same parameters, bit for bit: the same draws of images, actions and minibatches.
+    resumed_params = learners[-1].policy.state_dict()
+    for key, value in straight_params.items():
+        assert torch.equal(resumed_params[key], value), key
+
+
 def test_compare_curriculum_schedule():
     from experiments.compare import Args, decided_at
 
