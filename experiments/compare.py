@@ -193,12 +193,8 @@ class RunSaver:
         self.path, self.args = path, args
         remove_stale_temporaries(path)
         self.state = load_resume(path, args)
-        self.saved_at = 0 if self.state is None else self.state["env_steps"]
-
-    @property
-    def env_steps(self) -> int:
-        """Env steps the run had done at its last save (0: a new run)."""
-        return self.saved_at
+        # The run starts from the env steps done at its last save (0: a new run).
+        self.start = self.saved_at = 0 if self.state is None else self.state["env_steps"]
 
     def restore(self, train_env, recorder: Recorder) -> dict | None:
         """Put the training env, the global generators and ``recorder`` back as saved (after the
@@ -316,7 +312,7 @@ def run_blockdrop(args: Args, seed: int, train_env, recorder: Recorder, saver: R
         }
 
     steps = math.ceil(args.env_steps / args.num_envs)
-    for step in range(saver.env_steps // args.num_envs, steps):
+    for step in range(saver.start // args.num_envs, steps):
         if args.curriculum:
             train_env.decided = decided_at(step * args.num_envs, args, train_env.unwrapped.num_blocks)
         train_step(agent, train_env, optimizer, config, generator)
@@ -367,12 +363,12 @@ def run_sb3(args: Args, algo: str, seed: int, train_env, recorder: Recorder, sav
     if saved is not None:
         model.policy.load_state_dict(saved["policy"])
         model.policy.optimizer.load_state_dict(saved["optimizer"])
-        model.num_timesteps, model._n_updates = saver.env_steps, saved["n_updates"]
+        model.num_timesteps, model._n_updates = saver.start, saved["n_updates"]
         # What learn() would hold after the last step: the images on show, every episode just ended.
         model._last_obs = train_env.unwrapped.images.cpu().numpy()
         model._last_episode_starts = np.ones(train_env.num_envs, dtype=bool)
     hook = _SB3Hook(args, train_env, recorder, saver, greedy_policy(model))
-    model.learn(args.env_steps - saver.env_steps, callback=hook, reset_num_timesteps=saved is None)
+    model.learn(args.env_steps - saver.start, callback=hook, reset_num_timesteps=saved is None)
 
 
 def run_one(args: Args, runs_dir: Path, algo: str, seed: int) -> dict:
@@ -381,9 +377,8 @@ def run_one(args: Args, runs_dir: Path, algo: str, seed: int) -> dict:
     saver = RunSaver(resume_path(runs_dir, algo, seed), args)
     train_env, test_env = make_envs(args, seed)
     recorder = Recorder(args, test_env, name=f"{algo} seed {seed}")
-    resumed_from = saver.env_steps
-    if resumed_from:
-        tqdm.write(f"{algo} seed {seed}: continuing from its save at {resumed_from} env steps")
+    if saver.start:
+        tqdm.write(f"{algo} seed {seed}: continuing from its save at {saver.start} env steps")
     if algo == "blockdrop":
         run_blockdrop(args, seed, train_env, recorder, saver)
     else:
@@ -401,8 +396,8 @@ def run_one(args: Args, runs_dir: Path, algo: str, seed: int) -> dict:
         "device": str(train_env.unwrapped.device),
         "settings": run_settings(args),
     }
-    if resumed_from:
-        result["resumed_from"] = resumed_from  # its train_seconds span the processes
+    if saver.start:
+        result["resumed_from"] = saver.start  # its train_seconds span the processes
     return result
 
 
