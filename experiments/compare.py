@@ -46,6 +46,7 @@ from agents.policy import PolicyNet
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import greedy_policy, make_algorithm
 from blockdrop_env.checkpoint import atomic_save, atomic_write_text, load_checkpoint, run_metadata
+from blockdrop_env.device import resolve_device, training_dtype
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
@@ -102,7 +103,7 @@ class Args(DataArgs, ForwardArgs):
     limit: int | None = None
     """Train images (the first N); default: all 50,000."""
     name: str = "default"
-    """Results go to results/compare/<name>/."""
+    """Results go to <out-root>/<name>/."""
     out_root: Path = Path("runs/compare")
     """Parent folder of the results."""
     overwrite: bool = False
@@ -117,13 +118,21 @@ class Args(DataArgs, ForwardArgs):
 
 
 RUN_SETTINGS = (
-    "env_steps num_envs penalty curriculum curriculum_fraction eval_points eval_limit limit checkpoint precision"
+    "env_steps num_envs penalty curriculum curriculum_fraction eval_points eval_limit limit checkpoint"
 ).split()
 """The arguments that change what a run computes: a finished run is reused only when they match."""
 
 
 def run_settings(args: Args) -> dict[str, str]:
-    return {k: str(getattr(args, k)) for k in RUN_SETTINGS}
+    """What a run computes with: the arguments of :data:`RUN_SETTINGS`, and the device type and
+    precision ``--device`` and ``--precision`` resolve to here (recorded resolved, because "auto"
+    means bf16 on one machine and fp32 on another: a sweep that moves machines must not mix them)."""
+    device = resolve_device(args.device)
+    bf16 = training_dtype(device, args.precision) == torch.bfloat16
+    return {k: str(getattr(args, k)) for k in RUN_SETTINGS} | {
+        "device": device.type,
+        "precision": "bf16" if bf16 else "fp32",
+    }
 
 
 def check_args(args: Args) -> None:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blockdrop_env import BlockDropEnv, BlockDropVectorEnv
+from blockdrop_env import device as device_module
 from blockdrop_env.inference import ForwardOptions
 from experiments import compare, pretrain_resnet, train_blockdrop
 from experiments import evaluate as evaluate_script
@@ -119,6 +120,7 @@ def test_compare_reuses_only_runs_with_the_same_settings(tmp_path, env_kwargs, c
         out_root=tmp_path,
         checkpoint=env_kwargs["checkpoint"],
         device="cpu",
+        precision="fp32",
         data_dir=str(env_kwargs["data_dir"]),
     )
     first = compare.main(compare.Args(**args))
@@ -132,6 +134,10 @@ def test_compare_reuses_only_runs_with_the_same_settings(tmp_path, env_kwargs, c
     assert "reusing 1 finished run(s)" in capsys.readouterr().out
     with pytest.raises(UsageError, match=r"a2c_seed0\.json ran with other settings \(env_steps: 32 -> 48\)"):
         compare.main(compare.Args(**{**args, "env_steps": 48}))
+    # "auto" resolves per machine: on a CPU with native bf16 it is not the fp32 the run was made in.
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    with pytest.raises(UsageError, match=r"a2c_seed0\.json ran with other settings \(precision: fp32 -> bf16\)"):
+        compare.main(compare.Args(**{**args, "precision": "auto"}))
     monkeypatch.undo()
     again = compare.main(compare.Args(**{**args, "env_steps": 48, "overwrite": True}))
     assert again[0]["env_steps"] == 48
