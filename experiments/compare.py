@@ -448,6 +448,8 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
     fig, ax = plt.subplots(figsize=(6, 4))
     for prefix, style in (("FirstK", "o-"), ("RandomK", "s-")):
         pts = [h for h in heuristics if h["name"].startswith(prefix)]
+        if not pts:
+            continue
         ax.plot(
             [h["blocks_mean"] for h in pts], [100 * h["accuracy"] for h in pts], style, ms=3, label=prefix, alpha=0.6
         )
@@ -456,6 +458,32 @@ def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dic
         if f:
             ax.scatter([x["blocks_mean"] for x in f], [100 * x["accuracy"] for x in f], s=30, label=algo, zorder=3)
     save_plot(fig, ax, "blocks kept (mean)", "test accuracy (%)", out / "accuracy_vs_blocks.png")
+
+
+def write_report(
+    results: list[dict], algorithms: tuple[str, ...], heuristics: list[dict], out: Path, reps: int
+) -> dict:
+    """Write ``table.md`` (mean +- std), ``statistics.md`` (IQM with intervals, probability of
+    improvement), ``iqm_reward.png`` and the plots of :func:`plots` for ``results`` grouped by their
+    "algorithm" (in the order of ``algorithms``) into ``out``; print the tables; return the
+    statistics as the summaries record them."""
+    md = table(results, algorithms)
+    (out / "table.md").write_text(md)
+    scores = {a: np.array([r["final"]["reward_mean"] for r in results if r["algorithm"] == a]) for a in algorithms}
+    iqm = comparison_stats.iqm_intervals(scores, reps)
+    improvement = comparison_stats.improvement_probabilities(scores, reps)
+    stats_md = comparison_stats.markdown(scores, iqm, improvement)
+    (out / "statistics.md").write_text(stats_md)
+    comparison_stats.plot(iqm, out / "iqm_reward.png")
+    plots(results, algorithms, heuristics, out)
+    print(md)
+    print(stats_md)
+    return {
+        "iqm": {a: dict(zip(("point", "low", "high"), v, strict=True)) for a, v in iqm.items()},
+        "probability_of_improvement": [
+            {"x": x, "y": y, "point": p, "low": lo, "high": hi} for (x, y), (p, lo, hi) in improvement.items()
+        ],
+    }
 
 
 def run_serially(jobs: list[tuple[str, int]], run: Callable[[str, int], dict], keep: Callable[[dict], None]) -> None:
@@ -522,23 +550,13 @@ def main(args: Args) -> list[dict]:
         {"name": name, **evaluate(test_env, policy).summary()}
         for name, policy in heuristic_policies(test_env.num_blocks, 0, test_env.device)
     ]
-    md = table(results, args.algorithms)
-    (out / "table.md").write_text(md)
-    scores = {a: np.array([r["final"]["reward_mean"] for r in results if r["algorithm"] == a]) for a in args.algorithms}
-    iqm = comparison_stats.iqm_intervals(scores, args.bootstrap_reps)
-    improvement = comparison_stats.improvement_probabilities(scores, args.bootstrap_reps)
-    stats_md = comparison_stats.markdown(scores, iqm, improvement)
-    (out / "statistics.md").write_text(stats_md)
-    comparison_stats.plot(iqm, out / "iqm_reward.png")
+    statistics = write_report(results, args.algorithms, heuristics, out, args.bootstrap_reps)
     (out / "summary.json").write_text(
         json.dumps(
             {
                 "results": results,
                 "heuristics": heuristics,
-                "iqm": {a: dict(zip(("point", "low", "high"), v, strict=True)) for a, v in iqm.items()},
-                "probability_of_improvement": [
-                    {"x": x, "y": y, "point": p, "low": lo, "high": hi} for (x, y), (p, lo, hi) in improvement.items()
-                ],
+                **statistics,
                 "args": {k: str(v) for k, v in asdict(args).items()},
                 **run_metadata(),
             },
@@ -546,9 +564,6 @@ def main(args: Args) -> list[dict]:
         )
         + "\n"
     )
-    plots(results, args.algorithms, heuristics, out)
-    print(md)
-    print(stats_md)
     print(f"wrote {out}/")
     return results
 
