@@ -40,7 +40,12 @@ def finished_runs(folder: Path) -> list[dict]:
     """The finished runs of one comparison folder, all with the same settings (a UsageError if not)."""
     paths = sorted((folder / "runs").glob("*_seed*.json"))
     require(bool(paths), f"{folder} has no finished runs ({folder / 'runs'}/<algorithm>_seed<seed>.json)")
-    runs = [json.loads(p.read_text()) for p in paths]
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path} is not a finished run's JSON ({e}): run its comparison again") from e
     settings = {json.dumps(r.get("settings"), sort_keys=True) for r in runs}
     require(len(settings) == 1, f"the runs in {folder / 'runs'} ran with different settings: report them apart")
     require(runs[0].get("settings") is not None, f"the runs in {folder / 'runs'} do not record their settings")
@@ -92,7 +97,7 @@ def main(args: Args) -> list[dict]:
     check_writable(args.out)
     folders = {folder: finished_runs(folder) for folder in args.comparisons}
     results = labelled(folders)
-    labels = tuple(dict.fromkeys(r["algorithm"] for r in sorted(results, key=lambda r: r["algorithm"])))
+    labels = tuple(sorted({r["algorithm"] for r in results}))
     statistics = write_report(results, labels, heuristics_of(list(folders)), args.out, args.bootstrap_reps)
     train_hours = sum(r["train_seconds"] for r in results) / 3600
     cost = f"{len(results)} runs, {train_hours:.2f} h of training in all (their train_seconds; evaluations excluded)"

@@ -66,6 +66,10 @@ def test_a_folder_whose_runs_differ_in_settings_or_that_has_none_is_refused(tmp_
     write_run(mixed, "ppo", 1, 0.1, {**SETTINGS, "penalty": "-2.0"})
     with pytest.raises(UsageError, match="different settings"):
         compare_report.main(compare_report.Args((mixed,), out=tmp_path / "r"))
+    (tmp_path / "torn" / "runs").mkdir(parents=True)
+    (tmp_path / "torn" / "runs" / "ppo_seed0.json").write_text('{"algorithm": "pp')
+    with pytest.raises(UsageError, match="ppo_seed0.json is not a finished run's JSON"):
+        compare_report.main(compare_report.Args((tmp_path / "torn",), out=tmp_path / "r"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no finished runs"):
         compare_report.main(compare_report.Args((tmp_path / "empty",), out=tmp_path / "r"))
