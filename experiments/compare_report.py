@@ -10,7 +10,8 @@ has finished, each figure saying how many runs it rests on. A run is labelled by
 by the settings in which the folders differ (``ppo`` and ``ppo +curriculum``; ``a2c penalty=-2.0``);
 folders with the same settings pool their seeds. Nothing is trained or evaluated: the FirstK and
 RandomK points of the accuracy plot come from a folder's ``summary.json`` when one has them.
-Writes ``table.md``, ``statistics.md``, ``report.json`` and the plots into ``--out``.
+Writes ``table.md``, ``statistics.md``, ``runs.md`` (every run on its own row), ``report.json`` and
+the plots into ``--out``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import tyro
 
-from blockdrop_env.checkpoint import run_metadata
+from blockdrop_env.checkpoint import atomic_write_text, run_metadata
 from experiments.cli import UsageError, check_writable, require, run
 from experiments.compare import write_report
 
@@ -91,6 +92,23 @@ def heuristics_of(folders: list[Path]) -> list[dict]:
     return []
 
 
+def runs_table(results: list[dict]) -> str:
+    """Every run on its own row, in the order of the folders and their files; ``unique`` is the
+    number of distinct block sets the greedy policy chose over the test images."""
+    lines = [
+        "| comparison | algorithm | seed | test reward | accuracy (%) | blocks kept | unique | train s | env steps/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        final = r["final"]
+        lines.append(
+            f"| {Path(r['source']['folder']).name} | {r['algorithm']} | {r['seed']} | {final['reward_mean']:+.4f} "
+            f"| {100 * final['accuracy']:.2f} | {final['blocks_mean']:.2f} | {final.get('unique_policies', '-')} "
+            f"| {r['train_seconds']:.0f} | {r['env_steps_per_second']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(args: Args) -> list[dict]:
     require(bool(args.comparisons), "name at least one comparison folder")
     require(args.bootstrap_reps >= 1, f"--bootstrap-reps must be a positive integer; got {args.bootstrap_reps}")
@@ -109,7 +127,8 @@ def main(args: Args) -> list[dict]:
         "results": results,
         **run_metadata(),
     }
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out / "runs.md", runs_table(results))
+    atomic_write_text(args.out / "report.json", json.dumps(report, indent=2) + "\n")
     print(cost)
     print(f"wrote {args.out}/")
     return results

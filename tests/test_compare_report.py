@@ -44,6 +44,9 @@ def test_runs_are_labelled_by_the_settings_their_folders_differ_in(tmp_path):
     statistics = (out / "statistics.md").read_text()
     assert "| a2c | 1 |" in statistics and "| ppo | 3 |" in statistics and "| ppo +curriculum | 3 |" in statistics
     assert "| ppo +curriculum | ppo | 1.00 |" in statistics  # every curriculum run beats every plain one
+    rows = (out / "runs.md").read_text().splitlines()[2:]
+    assert len(rows) == 7
+    assert "| curriculum | ppo +curriculum | 2 | +1.3000 | 90.00 | 12.00 | - | 200 | 5 |" in rows
     for name in ("table.md", "iqm_reward.png", "reward_vs_env_steps.png", "accuracy_vs_blocks.png"):
         assert (out / name).is_file()
 
