@@ -9,10 +9,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import blockdrop_env  # noqa: F401 - registers the ids
 from agents.reinforce import load_agent
 from blockdrop_env import BlockDropEnv, BlockDropVectorEnv
-from blockdrop_env.checkpoint import save_resnet
-from blockdrop_env.resnet import CifarResNet
+from blockdrop_env.checkpoint import load_resnet, save_resnet
+from blockdrop_env.data import load_cifar
+from blockdrop_env.resnet import CifarResNet, predict
 
-from .conftest import trained_like
+from .conftest import requires_real_data, trained_like
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +67,20 @@ def test_r110_vector_env_agrees_with_the_single_env(r110_kwargs):
 def test_r110_works_out_of_the_box_with_the_shipped_resnet110(synthetic_dir):
     env = gym.make("BlockDrop-CIFAR10-R110", split="test", data_dir=synthetic_dir, device="cpu")
     task = env.unwrapped.task
-    assert task.resnet.num_blocks == 54 and task.checkpoint_meta["test_accuracy"] > 0.92
+    assert task.resnet.num_blocks == 54 and task.checkpoint_meta["test_accuracy"] >= 0.93
     env.reset(seed=0)
     _, _, *_, info = env.step(np.ones(54, dtype=np.int8))
     assert info["blocks_kept"] == 54
+
+
+@requires_real_data
+def test_shipped_resnet110_is_as_accurate_as_it_records_on_real_test_images():
+    model, meta = load_resnet(depth=110)
+    images, labels = load_cifar("test")
+    # The first 2,000 test images (the whole split takes minutes in fp32 on a small CPU).
+    accuracy = (predict(model, images[:2000]) == labels[:2000]).float().mean().item()
+    assert meta["test_accuracy"] >= 0.93
+    assert accuracy >= 0.93, accuracy
 
 
 def test_an_unshipped_depth_says_how_to_get_one(synthetic_dir):
