@@ -10,9 +10,22 @@
 #   ../shared/tools/device-wheels tyro docstring-parser typeguard typing-extensions shtab
 #   pack the parts with the test split first (what 2026-11-29's run did, by hand with xz -6):
 #   .device-data/partA = test_batch batches.meta data_batch_1, partB = data_batch_2..3, partC = 4..5.
-# The working tree travels too and the cap is 64 MiB a run: runs/long/ (tracked, over 20 MB) does not
-# fit beside a part; untrack it for the GPU runs (`git rm -r -q --cached runs/long` and comment out
-# `!/runs/long/` in .gitignore), then restore (`git checkout .gitignore && git reset -q -- runs/long`).
+# The working tree travels too and the cap is 64 MiB a run: the tracked tree is over 140 MB (runs/long/
+# 117 MB, results/ 11 MB, agents/trained/ 9 MB on 2026-11-30), so leave those out for the GPU runs
+# (12 MB left):
+#   cp .git/index /tmp/index.bak && cp .gitignore /tmp/gitignore.bak
+#   sed -i 's|^!/runs/long/|# !/runs/long/|' .gitignore && printf '/results/\n/agents/trained/\n' >> .gitignore
+#   git rm -r -q --cached runs/long results agents/trained
+# and restore right after the last run (commit nothing in between):
+#   cp /tmp/index.bak .git/index && cp /tmp/gitignore.bak .gitignore
+# 2026-11-30 (second GPU session): runs 1-2 (data parts) took 56 s of device time with the machine
+# start; run 3 (part C, the 90-epoch ResNet-110 pretraining and its baselines) 552 s; run 4 (short
+# agent run and the bench) 162 s: 770 s of the 900.
+# Next (issue 18, step 2): the paper-scale ResNet-32 curriculum, continued across GPU sessions, e.g. in
+# run 3: 'timeout 500 python3 -m experiments.train_blockdrop --stage curriculum --curriculum-epochs 5000
+# --batch-size 2048 --fused two --compile default --eval-every 250 --checkpoint-every 50
+# --out runs/long/r32-curriculum-h200' (add --resume from the second session on, carrying
+# runs/long/r32-curriculum-h200); about 0.3 s an epoch there, so some 1,500 epochs a session.
 # Run 1 (carry .whl and .device-data/partA) can already run the CUDA tests and the bench, with
 # data_batch_1 standing in for the five train batches (throughput does not depend on the images):
 #   d=/tmp/standin/cifar-10-batches-py; mkdir -p $d; for f in test_batch batches.meta data_batch_1; do
