@@ -8,8 +8,8 @@ from .vector_env import BlockDropVectorEnv
 
 __all__ = ["BlockDropEnv", "BlockDropVectorEnv"]
 
-# BlockDrop-CIFAR10-R32: 15 blocks, a ResNet-32 ships with the package. BlockDrop-CIFAR10-R110:
-# the paper's flagship, 54 blocks; until its ResNet-110 ships, pass checkpoint=<file>.
+# BlockDrop-CIFAR10-R32: 15 blocks; BlockDrop-CIFAR10-R110: the paper's flagship, 54 blocks. Both
+# ResNets ship with the package (checkpoint=<file> scores with another).
 for _depth in (32, 110):
     if f"BlockDrop-CIFAR10-R{_depth}" not in registry:
         register(
