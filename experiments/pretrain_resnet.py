@@ -129,8 +129,8 @@ def main(args: Args) -> dict:
         differ = resume_mismatch(state["args"], asdict(args), RESUME_MAY_CHANGE)
         require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
     device = resolve_device(args.device)
-    # Fixed shapes (the ragged batch is dropped): let cuDNN pick its fastest convolutions once.
-    torch.backends.cudnn.benchmark = device.type == "cuda"
+    if device.type == "cuda":  # fixed shapes (the ragged batch is dropped): cuDNN picks its fastest kernels once
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
     num_classes = LAYOUTS[args.dataset].num_classes
     model = CifarResNet(args.depth, num_classes).to(device).to(memory_format=torch.channels_last)

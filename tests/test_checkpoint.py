@@ -62,6 +62,7 @@ def test_shipped_checkpoint_has_its_metadata():
     assert model.num_blocks == 15
 
 
+@pytest.mark.slow
 @requires_real_data
 def test_shipped_checkpoint_reaches_its_recorded_test_accuracy():
     model, meta = load_resnet()

@@ -73,8 +73,9 @@ def test_r110_works_out_of_the_box_with_the_shipped_resnet110(synthetic_dir):
     assert info["blocks_kept"] == 54
 
 
+@pytest.mark.slow
 @requires_real_data
-def test_shipped_resnet110_is_as_accurate_as_it_records_on_real_test_images():
+def test_shipped_resnet110_scores_at_least_93_percent_on_real_test_images():
     model, meta = load_resnet(depth=110)
     images, labels = load_cifar("test")
     # The first 2,000 test images (the whole split takes minutes in fp32 on a small CPU).
