@@ -1,5 +1,12 @@
 """CIFAR-10/100 from the standard python layout, as uint8 tensors, and whole-batch augmentation.
 
+Splits: "test" is the test file(s); the train file(s) are cut into "train" (their first 45,000
+images) and "val" (the last tenth, 5,000 images, :func:`val_size`: for CIFAR-10 the second half of
+``data_batch_5``), so that every choice (epoch, penalty, which run ships) is made on images that
+training never sees; "trainval" is all 50,000 train images (what the shipped ResNets were
+pretrained on). The cut is fixed, not drawn: ``torchvision.datasets.CIFAR10(train=True)`` gives
+the same validation images as ``Subset(dataset, range(45000, 50000))``.
+
 Where the data is, in order: an explicit directory, ``$BLOCKDROP_DATA_DIR``, then the default
 places (:func:`default_data_dirs`). Each place may hold ``cifar-10-batches-py/`` (or
 ``cifar-100-python/``) or be that folder itself. When none has it and ``download=True`` (the
@@ -22,7 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ENV_VAR = "BLOCKDROP_DATA_DIR"
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "trainval", "test")
+"""Split names; "train" and "val" partition "trainval" (see the module docstring)."""
+
+
+def val_size(num_train_images: int) -> int:
+    """Images held out of the end of the train files as the validation split: a tenth (5,000 of
+    CIFAR's 50,000)."""
+    return num_train_images // 10
 
 
 @dataclass(frozen=True)
@@ -147,10 +161,16 @@ def _batch_size_from_meta(folder: Path) -> int | None:
         raise CifarFormatError(f"{meta}: unreadable ({type(e).__name__}: {e})") from e
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _load_cached(folder: str, dataset: str, split: str) -> tuple[Tensor, Tensor]:
+    if split in ("train", "val"):
+        # Copies, so that a split's tensors do not keep the whole train set alive.
+        images, labels = _load_cached(folder, dataset, "trainval")
+        cut = len(labels) - val_size(len(labels))
+        part = slice(0, cut) if split == "train" else slice(cut, None)
+        return images[part].clone(), labels[part].clone()
     layout = _layout(dataset)
-    files = layout.train_files if split == "train" else layout.test_files
+    files = layout.train_files if split == "trainval" else layout.test_files
     per_batch = _batch_size_from_meta(Path(folder))
     parts = []
     for name in files:
@@ -170,7 +190,7 @@ def load_cifar(
     dataset: str = "cifar10",
     download: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of a split ("train" or "test").
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of a split (one of :data:`SPLITS`).
 
     The tensors are cached per folder and shared between callers: treat them as read-only.
     """

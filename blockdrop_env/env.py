@@ -65,14 +65,16 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
                    data_dir=None, checkpoint=None, augment=None)
     ```
 
-    * ``split``: "train" (50,000 images) or "test" (10,000).
+    * ``split``: "train" (45,000 images), "val" (5,000 held out of the train files: choose
+      epochs and settings on it), "trainval" (all 50,000) or "test" (10,000).
     * ``penalty``: reward of a wrong prediction.
     * ``device``: where the data and ResNet live; "auto" picks CUDA when present.
     * ``data_dir``: folder holding ``cifar-10-batches-py/``; default: ``$BLOCKDROP_DATA_DIR``,
       then the places in ``blockdrop_env.data.default_data_dirs()``.
     * ``checkpoint``: ResNet checkpoint; default: the one shipped with the package. A
       ``CifarResNet`` module is used as it is (shared, e.g. with a finetuning agent).
-    * ``augment``: random crop and flip; default: on for "train", off for "test".
+    * ``augment``: random crop and flip; default: on for "train" and "trainval", off for "val"
+      and "test".
     * ``download``: fetch CIFAR-10 with torchvision when it is not found (default False).
     * ``limit``: use only the first ``limit`` images of the split.
     * ``dataset``, ``depth``: another CIFAR variant or ResNet depth, with a matching checkpoint.

@@ -149,6 +149,30 @@ class MaskedPredictor:
             )
         return self._padded(images, keep)
 
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether :meth:`pair` runs the blocks two actions share once (the CPU's eager gather/scatter
+        forward, where a host synchronisation costs nothing); else it runs both in one stacked batch."""
+        return self.options.gather_below > 0 and self.options.compile is None and not self.options.fused
+
+    @torch.no_grad()
+    def pair(self, images: Tensor, keep: Tensor, other: Tensor) -> Tensor:
+        """Predicted classes (2, B) under two keep masks on the same images: the blocks both run
+        before their first difference run once per image (:meth:`CifarResNet.pair_features`)."""
+        if not self.shares_prefix:
+            both = torch.stack([keep, other])
+            return self(images.expand(2, *images.shape).flatten(0, 1), both.flatten(0, 1)).view(2, -1)
+        chunk = self.options.chunk or len(images)
+        parts = [slice(i, i + chunk) for i in range(0, len(images), chunk)]
+        return torch.cat([self._pair(images[p], keep[p], other[p]) for p in parts], dim=1)
+
+    def _pair(self, images: Tensor, keep: Tensor, other: Tensor) -> Tensor:
+        if self.options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            features = self.resnet.pair_features(images, keep, other, gather_below=self.options.gather_below)
+            return self.resnet.fc(features).argmax(-1)
+
     def _padded(self, images: Tensor, keep: Tensor) -> Tensor:
         batch, pad_to = len(images), self.options.pad_to
         pad = 0 if pad_to is None else -batch % pad_to

@@ -163,6 +163,39 @@ class CifarResNet(nn.Module):
                 x = block(x, keep[:, k])
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
+    def pair_features(self, images: Tensor, keep: Tensor, other: Tensor, gather_below: float = 0.0) -> Tensor:
+        """``features`` under two keep masks (B, K) at once, as (2, B, feature_dim).
+
+        Both actions run the same blocks on an image up to the first block where they differ, so
+        that prefix runs once: an image is forked into a second row only at that block. (In the
+        curriculum the forced blocks are that prefix: at its first stages this halves the work of
+        scoring a sampled and a greedy action.) Costs one host synchronisation (the fork points).
+        """
+        for name, mask in (("keep", keep), ("other", other)):
+            if mask.shape != (images.shape[0], self.num_blocks):
+                raise ValueError(f"{name} must have shape (batch, {self.num_blocks}); got {tuple(mask.shape)}")
+        keep, other = keep.bool(), other.bool()
+        differ = keep != other
+        num_blocks = self.num_blocks
+        fork_at = torch.where(differ.any(1), differ.int().argmax(1), num_blocks).tolist()
+        forks: dict[int, list[int]] = {}
+        for image, block in enumerate(fork_at):
+            forks.setdefault(block, []).append(image)
+        x = self.stem(self.normalize(images))
+        forked = torch.empty(0, dtype=torch.long, device=images.device)  # images with a row of their own for `other`
+        for k, block in enumerate(self.blocks):
+            if k in forks:
+                new = torch.tensor(forks[k], device=images.device)
+                x, forked = torch.cat([x, x[new]]), torch.cat([forked, new])
+            rows_keep = torch.cat([keep[:, k], other[forked, k]])
+            if gather_below > 0 and rows_keep.float().mean().item() < gather_below:
+                x = block.forward_gathered(x, rows_keep)
+            else:
+                x = block(x, rows_keep)
+        features = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        first = features[: len(keep)]
+        return torch.stack([first, first.index_copy(0, forked, features[len(keep) :])])
+
     def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
         """Class logits (B, num_classes), or the features when the classifier is dropped."""
         return self.fc(self.features(images, keep))

@@ -66,7 +66,9 @@ class BlockDropTask:
     """A CIFAR split and a pretrained ResNet on one device, and the bandit's batched functions.
 
     Args:
-        split: "train" or "test".
+        split: "train" (45,000 images), "val" (the 5,000 held out of the train files for choosing
+            epochs and settings), "trainval" (all 50,000) or "test" (10,000); see
+            ``blockdrop_env.data``.
         penalty: reward of a wrong prediction (the paper's gamma); a finite number <= 0, so that
             a wrong answer never earns more than a right one.
         device: "auto" (CUDA when present), "cpu", "cuda", ...
@@ -74,7 +76,8 @@ class BlockDropTask:
         checkpoint: ResNet checkpoint path (default: the one shipped with the package), or a
             :class:`CifarResNet` to use as it is (envs that share it see the same weights, as
             joint finetuning needs).
-        augment: random crop and flip of drawn images; default: on for "train", off for "test".
+        augment: random crop and flip of drawn images; default: on for "train" and "trainval", off
+            for "val" and "test".
         dataset: "cifar10" or "cifar100".
         depth: depth of the ResNet in the checkpoint.
         download: fetch CIFAR with torchvision when it is not found.
@@ -125,12 +128,16 @@ class BlockDropTask:
         self.device = resolve_device(device)
         self.split = split
         self.penalty = float(penalty)
-        self.augment = split == "train" if augment is None else bool(augment)
+        if augment is not None and not isinstance(augment, (bool, np.bool_)):
+            raise ValueError(f"augment must be None, True or False; got {augment!r}")
+        self.augment = split in ("train", "trainval") if augment is None else bool(augment)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
             raise ValueError(f"limit must be None or a positive integer number of images; got {limit!r}")
         images, labels = load_cifar(split, data_dir, dataset, download)
-        self.images = images[:limit].to(self.device)
-        self.labels = labels[:limit].to(self.device)
+        if limit is not None and limit < len(labels):  # a copy: a view would keep the whole split alive
+            images, labels = images[:limit].clone(), labels[:limit].clone()
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
         self.resnet: CifarResNet
         if isinstance(checkpoint, CifarResNet):
             self.resnet, self.checkpoint_meta = checkpoint.to(self.device), {}
@@ -183,22 +190,24 @@ class BlockDropTask:
     def outcome(self, images: Tensor, labels: Tensor, keep: Tensor, prediction: Tensor | None = None) -> Outcome:
         """Run the ResNet under ``keep`` (bool, (B, K)) and score the predictions.
 
-        ``keep`` may also stack M actions, (M, B, K), all on the same B images: one forward of
-        M*B images, every Outcome field (M, B). ``prediction``: the classes the ResNet predicts
-        under ``keep``, when the caller already ran that forward (joint finetuning runs it with
-        gradients); then no forward runs here.
+        ``keep`` may also stack M actions, (M, B, K), all on the same B images, every Outcome field
+        then (M, B): two actions run the blocks they share before their first difference once
+        (:meth:`MaskedPredictor.pair`), more run as one forward of M*B images. ``prediction``: the
+        classes the ResNet predicts under ``keep``, when the caller already ran that forward (joint
+        finetuning runs it with gradients); then no forward runs here.
         """
         actions = keep.shape[:-1]
-        if keep.ndim == 3:
-            images = images.expand(keep.shape[0], *images.shape).flatten(0, 1)
-            labels = labels.expand(actions)
         flat_keep = keep.reshape(-1, keep.shape[-1])
-        if prediction is None:
-            prediction = self.predict(images, flat_keep).view(actions)
+        if prediction is None and keep.ndim == 3 and keep.shape[0] == 2:
+            prediction = self.predict.pair(images, keep[0], keep[1])
+        elif prediction is None:
+            flat_images = images.expand(keep.shape[0], *images.shape).flatten(0, 1) if keep.ndim == 3 else images
+            prediction = self.predict(flat_images, flat_keep).view(actions)
         elif prediction.shape != actions or prediction.is_floating_point():
             raise ValueError(
                 f"prediction must hold {tuple(actions)} class indices; got {prediction.dtype} {tuple(prediction.shape)}"
             )
+        labels = labels.expand(actions)
         correct = prediction == labels
         blocks_kept = keep.sum(-1)
         reward = blockdrop_reward(correct, blocks_kept, self.num_blocks, self.penalty)

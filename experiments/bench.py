@@ -8,9 +8,12 @@ The reference is the plain fp32 eager masked ResNet-32 forward (images/s) at ``r
 Then: the env's ResNet forward (``blockdrop_env.inference``) with its options added one at a time
 (half precision, channels_last, chunking, gather/scatter of dropped blocks, compilation, fused Triton blocks
 on CUDA); the vector env's ``step`` (env steps/s) over batch sizes, eager and compiled; the
-BlockDrop agent's curriculum training (images/s, and the time of a 50,000-image epoch at that
-rate) and finetuning (steps/s); pretraining the ResNet-32 (images/s); SB3's PPO and A2C and
-sb3-contrib's TRPO through the adapter (env steps/s), TRPO with the options of ``TRPO_VARIANTS``.
+scoring of two actions on the same images (a sampled and a greedy one, as the curriculum scores
+them) with their shared prefix run once, against both run as one stacked batch, on the ResNet-32
+and the ResNet-110 at several curriculum stages; the BlockDrop agent's curriculum training
+(images/s, and the time of a 50,000-image epoch at that rate) and finetuning (steps/s);
+pretraining the ResNet-32 (images/s); SB3's PPO and A2C and sb3-contrib's TRPO through the adapter
+(env steps/s), TRPO with the options of ``TRPO_VARIANTS``.
 Where the default precision is not fp32 (CPUs with native bf16), the step, curriculum, finetuning
 and pretraining figures are measured in fp32 too (``precision="fp32"``).
 Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
@@ -59,14 +62,23 @@ TRPO_VARIANTS: tuple[dict[str, object], ...] = (
     {"sub_sampling_factor": 1, "cg_max_steps": 15, "n_critic_updates": 10},
 )
 
-Section = Literal["forward", "step", "curriculum", "finetune", "pretrain", "sb3", "agreement"]
+Section = Literal["forward", "step", "pair", "curriculum", "finetune", "pretrain", "sb3", "agreement"]
 
 
 @dataclass
 class Args(DataArgs):
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
-    sections: tuple[Section, ...] = ("forward", "step", "curriculum", "finetune", "pretrain", "sb3", "agreement")
+    sections: tuple[Section, ...] = (
+        "forward",
+        "step",
+        "pair",
+        "curriculum",
+        "finetune",
+        "pretrain",
+        "sb3",
+        "agreement",
+    )
     """What to measure after the reference, in this order (a time-boxed run can do the cheap ones first)."""
     reference_batch: int | None = None
     """Batch of the reference forward; default 8192 on CUDA, 256 on the CPU."""
@@ -351,6 +363,27 @@ def main(args: Args) -> dict:
 
     generator = torch.Generator(device).manual_seed(0)
 
+    def measure_pair(depth: int) -> None:
+        """Two actions scored with their shared prefix run once, as a ratio to one stacked forward of
+        both, at curriculum stages from the first (one block decided) to the last (all decided)."""
+        env = BlockDropVectorEnv(num_envs=agent_batch, split="train", depth=depth, device=device)
+        images, _ = env.reset(seed=0)
+        k, task = env.num_blocks, env.task
+        g = torch.Generator(device).manual_seed(0)
+        for decided in sorted({1, k // 4, k // 2, k}):
+            forced = torch.arange(k, device=device) < k - decided
+            greedy = (torch.rand(agent_batch, k, device=device, generator=g) < 0.6) | forced
+            # Sampled from the bounded probabilities: each decided block differs with chance 1 - alpha.
+            flip = (torch.rand(agent_batch, k, device=device, generator=g) < 0.2) & ~forced
+            both = torch.stack([greedy ^ flip, greedy])
+            pairs = images.repeat(2, 1, 1, 1)
+            stacked = timed(lambda b=both, x=pairs: task.predict(x, b.flatten(0, 1)), device, args.min_seconds)
+            paired = timed(lambda b=both: task.predict.pair(images, b[0], b[1]), device, args.min_seconds)
+            what = f"two actions, ResNet-{depth}, batch {agent_batch}, {decided} of {k} blocks decided"
+            record(f"{what}: stacked (before)", agent_batch / stacked, "images/s", agent_batch / stacked)
+            record(f"{what}: shared prefix once", agent_batch / paired, "images/s", agent_batch / paired)
+            record(f"{what}: shared prefix, speed-up", stacked / paired, "x", 0.0)
+
     def measure_curriculum(
         how: str, policy_compile: CompileMode | None = None, precision: Precision = "auto", **env_kwargs: object
     ) -> None:
@@ -447,6 +480,7 @@ def main(args: Args) -> dict:
     sections: dict[str, Callable[[], None]] = {
         "forward": forward_section,
         "step": step_section,
+        "pair": lambda: [measure_pair(depth) for depth in (32, 110)],
         "curriculum": curriculum_section,
         "finetune": lambda: [measure_finetune(precision) for precision in precisions],
         "pretrain": lambda: [measure_pretrain(precision) for precision in precisions],

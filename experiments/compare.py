@@ -294,7 +294,10 @@ def make_envs(args: Args, seed: int):
         checkpoint=args.checkpoint,
         **args.env_forward(),
     )
-    train = BlockDropVectorEnv(num_envs=args.num_envs, split="train", penalty=args.penalty, limit=args.limit, **common)
+    # trainval: the committed comparisons trained on all 50,000 images; nothing here is chosen on a walk.
+    train = BlockDropVectorEnv(
+        num_envs=args.num_envs, split="trainval", penalty=args.penalty, limit=args.limit, **common
+    )
     train.reset(seed=seed)
     test = make_eval_env("test", limit=args.eval_limit, penalty=args.penalty, **common)
     return (CurriculumVectorWrapper(train, 1) if args.curriculum else train), test

@@ -27,6 +27,7 @@ from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import list_policies, load_policy, policy_path, ship
 from agents.reinforce import BlockDropAgent
 from blockdrop_env.checkpoint import default_checkpoint, run_metadata, shipped_depths
+from blockdrop_env.data import SPLITS
 from blockdrop_env.device import Precision
 from experiments.cli import (
     DataArgs,
@@ -64,7 +65,8 @@ class Args(DataArgs):
     """Base ResNet checkpoint of the baselines (and of a policy saved without a finetuned ResNet);
     default: the shipped one. A policy saved with its finetuned ResNet is evaluated with that."""
     split: str = "test"
-    """Split to walk in order: test or train."""
+    """Split to walk in order: test, val (the 5,000 images held out of training for choosing epochs
+    and settings), train or trainval."""
     limit: int | None = None
     """Walk only the first N images of the split (a quicker, noisier look; not with --ship)."""
     penalty: float = -1.0
@@ -247,7 +249,7 @@ def main(args: Args) -> list[dict]:
     require_penalty(args, "penalty")
     require_positive(args, "batch_size", "limit")
     require(args.ship is None or args.limit is None, "--ship evaluates on the whole split: drop --limit")
-    require(args.split in ("train", "test"), f"--split must be train or test; got {args.split!r}")
+    require(args.split in SPLITS, f"--split must be one of {', '.join(SPLITS)}; got {args.split!r}")
     shipped = shipped_depths()
     for depth in args.static:
         require(depth in shipped, f"--static {depth}: no shipped ResNet-{depth} (shipped: {shipped})")

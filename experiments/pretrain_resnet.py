@@ -135,7 +135,8 @@ def main(args: Args) -> dict:
     num_classes = LAYOUTS[args.dataset].num_classes
     model = CifarResNet(args.depth, num_classes).to(device).to(memory_format=torch.channels_last)
 
-    train_x, train_y = load_cifar("train", args.data_dir, args.dataset, args.download)
+    # All 50,000 train images, as He et al. (the agents' validation split is part of them).
+    train_x, train_y = load_cifar("trainval", args.data_dir, args.dataset, args.download)
     test_x, test_y = load_cifar("test", args.data_dir, args.dataset, args.download)
     if args.limit is not None:
         train_x, train_y = train_x[: args.limit], train_y[: args.limit]

@@ -4,7 +4,12 @@
     python -m experiments.train_blockdrop --stage curriculum --curriculum-epochs 20 --limit 4096  # smoke
     python -m experiments.train_blockdrop --out runs/blockdrop/default --resume  # continue exactly
 
-An epoch is one pass's worth of images of the train split (drawn with replacement, augmented).
+An epoch is one pass's worth of images of the train split (drawn with replacement, augmented): by
+default the 45,000 images left when the validation split is held out (``--train-split trainval``
+trains on all 50,000, as the shipped ResNet-32 agents were). The greedy policy is walked over the
+validation split every ``--eval-every`` epochs (``--eval-split test`` walks the test split instead);
+choose epochs and settings on those walks and evaluate the chosen agent on the test split once
+(``experiments.evaluate``).
 The checkpoint ``<out>/agent.pt`` is rewritten atomically every ``checkpoint_every`` epochs and at
 the end, with everything ``--resume`` needs to continue exactly: policy, optimiser, finetuned
 ResNet, epoch and the states of every random generator. TensorBoard logs go to ``<out>/tb``.
@@ -110,7 +115,12 @@ class Args(DataArgs, ForwardArgs):
     checkpoint_every: int = 10
     """Epochs between checkpoints (one is always written at the end)."""
     eval_every: int = 10
-    """Epochs between evaluations on the test split (one is always run at the end)."""
+    """Epochs between walks of the greedy policy over --eval-split (one is always run at the end)."""
+    train_split: Literal["train", "trainval"] = "train"
+    """Images to train on: train (45,000; the validation images held out) or trainval (all 50,000,
+    as the shipped ResNet-32 agents were trained)."""
+    eval_split: Literal["val", "test"] = "val"
+    """Split of the walks during training: val (choose epochs on it) or test."""
     stop_after: int | None = None
     """Stop this run after this many epochs (for time-boxed runs; --resume continues)."""
     resume: bool = False
@@ -118,7 +128,7 @@ class Args(DataArgs, ForwardArgs):
     overwrite: bool = False
     """Start a fresh run in an --out that already holds one, replacing its checkpoint."""
     limit: int | None = None
-    """Use only the first N train and N test images (smoke runs)."""
+    """Use only the first N images of each split (smoke runs)."""
     seed: int = 0
     """Seed of the initialisation, the image draws, augmentation and action sampling."""
     device: str = "auto"
@@ -126,7 +136,7 @@ class Args(DataArgs, ForwardArgs):
 
 
 RESUME_MAY_CHANGE = (
-    "resume overwrite stop_after checkpoint_every eval_every out device data_dir compile fused precision "
+    "resume overwrite stop_after checkpoint_every eval_every eval_split out device data_dir compile fused precision "
     "curriculum_epochs finetune_epochs"
 ).split()
 """Arguments a resumed run may change (see the module docstring)."""
@@ -192,7 +202,9 @@ def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 def check_resume(args: Args, state: dict) -> None:
     """Refuse a resume whose arguments differ from the run's (see the module docstring)."""
-    differ = resume_mismatch(state["args"], asdict(args), RESUME_MAY_CHANGE)
+    # Runs from before the validation split trained on all 50,000 images and walked the test split.
+    saved = {"train_split": "trainval", "eval_split": "test", **state["args"]}
+    differ = resume_mismatch(saved, asdict(args), RESUME_MAY_CHANGE)
     require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
     plan, done = stages(args), state["epoch"]
     total = sum(e for _, e in plan)
@@ -251,14 +263,14 @@ def main(args: Args) -> dict:
         limit=args.limit,
         **args.env_forward(),
     )
-    test_env = make_eval_env("test", **common)
+    eval_env = make_eval_env(args.eval_split, **common)
     plan = stages(args)
     total_epochs = sum(e for _, e in plan)
     envs = {}
     for name, _ in plan:
         batch = args.batch_size if name == "curriculum" else args.finetune_batch_size
         penalty = args.penalty if name == "curriculum" else args.finetune_penalty
-        env = BlockDropVectorEnv(num_envs=batch, split="train", penalty=penalty, **common)
+        env = BlockDropVectorEnv(num_envs=batch, split=args.train_split, penalty=penalty, **common)
         env.reset(seed=args.seed + len(envs))
         envs[name] = CurriculumVectorWrapper(env) if name == "curriculum" else env
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -305,7 +317,7 @@ def main(args: Args) -> dict:
                 finetune_bn=args.finetune_bn,
             )
             optimizer = make_optimizer(agent, env, config)
-            test_env.task.penalty = env.unwrapped.task.penalty  # test rewards on the stage's terms
+            eval_env.task.penalty = env.unwrapped.task.penalty  # walk rewards on the stage's terms
             if state is not None and state["stage"] == name and state["epoch"] == epoch:
                 optimizer.load_state_dict(state["optimizer"])
             current_stage, finetuned = name, finetuned or name == "finetune"
@@ -343,15 +355,15 @@ def main(args: Args) -> dict:
 
         last = epoch + 1 == stop_at
         if (epoch + 1) % args.eval_every == 0 or last:
-            ev = evaluate(test_env, stage_policy(agent, env), agent.policy.flops()).summary()
+            ev = evaluate(eval_env, stage_policy(agent, env), agent.policy.flops()).summary()
             for key, value in ev.items():
-                writer.add_scalar(f"test/{key}", value, epoch + 1)
+                writer.add_scalar(f"{args.eval_split}/{key}", value, epoch + 1)
             tqdm.write(
                 f"epoch {epoch + 1} [{name}] train reward {stats['reward']:.4f} acc {stats['accuracy']:.4f} "
-                f"blocks {stats['blocks_mean']:.2f} | test acc {ev['accuracy']:.4f} "
+                f"blocks {stats['blocks_mean']:.2f} | {args.eval_split} acc {ev['accuracy']:.4f} "
                 f"blocks {ev['blocks_mean']:.2f} +- {ev['blocks_std']:.2f} unique {ev['unique_policies']}"
             )
-            summary = {"epoch": epoch + 1, "stage": name, "train": stats, "test": ev}
+            summary = {"epoch": epoch + 1, "stage": name, "train": stats, args.eval_split: ev}
         if (epoch + 1) % args.checkpoint_every == 0 or last:
             checkpoint(epoch + 1)
     writer.close()

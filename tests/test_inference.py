@@ -181,3 +181,38 @@ def test_optimised_cpu_forward_agrees_with_fp32_on_the_test_split(tmp_path):
         assert r["images"] == 10_000
         assert r["identical_rewards"] >= 0.998
         assert abs(r["accuracy"] - r["accuracy_plain"]) <= 0.001
+
+
+def curriculum_pair(n: int, k: int, decided: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sampled and a greedy action as the curriculum makes them: the first K - decided blocks on."""
+    g = torch.Generator().manual_seed(seed)
+    forced = torch.arange(k) < k - decided
+    return (torch.rand(n, k, generator=g) < 0.6) | forced, (torch.rand(n, k, generator=g) < 0.6) | forced
+
+
+@pytest.mark.parametrize("decided", [1, 7, 15])
+@pytest.mark.parametrize("gather_below", [0.0, 0.8])
+def test_pair_features_equal_two_separate_forwards(decided, gather_below):
+    model = trained_like(resnet32(), seed=0)
+    images, _ = random_batch(40)
+    keep, other = curriculum_pair(40, 15, decided)
+    other[:3] = keep[:3]  # images where both actions agree never fork
+    with torch.no_grad():
+        both = model.pair_features(images, keep, other, gather_below=gather_below)
+        assert torch.allclose(both[0], model.features(images, keep), atol=1e-4)
+        assert torch.allclose(both[1], model.features(images, other), atol=1e-4)
+
+
+@pytest.mark.parametrize("decided", [1, 5, 15])
+def test_two_action_step_keeps_the_stacked_forwards_rewards(env_kwargs, decided):
+    """The shared-prefix scoring of a sampled and a greedy action gives today's (stacked) rewards."""
+    env = BlockDropVectorEnv(num_envs=64, split="trainval", precision="fp32", **env_kwargs)
+    trained_like(env.resnet, seed=0)
+    assert env.task.predict.shares_prefix
+    images, _ = env.reset(seed=0)
+    keep, other = curriculum_pair(64, 15, decided)
+    paired = env.task.outcome(images, env.labels, torch.stack([keep, other]))
+    stacked = env.task.predict(torch.cat([images, images]), torch.cat([keep, other])).view(2, -1)
+    assert torch.equal(paired.prediction, stacked)
+    _, reward, _, _, info = env.step(keep, baseline=other)
+    assert torch.equal(reward, paired.reward[0]) and torch.equal(info["baseline_reward"], paired.reward[1])

@@ -9,16 +9,16 @@ from experiments import walks
 from experiments.cli import UsageError
 
 
-def log_walks(tb, walks_by_epoch):
-    """One writer (one event file) logging a test walk per epoch, as train_blockdrop does."""
+def log_walks(tb, walks_by_epoch, split="test"):
+    """One writer (one event file) logging a walk of ``split`` per epoch, as train_blockdrop does."""
     writer = SummaryWriter(str(tb))
     for epoch, accuracy in walks_by_epoch.items():
-        writer.add_scalar("test/accuracy", accuracy, epoch)
-        writer.add_scalar("test/blocks_mean", 12.5, epoch)
-        writer.add_scalar("test/blocks_std", 0.5, epoch)
-        writer.add_scalar("test/flops_mean", 1.4e8, epoch)
-        writer.add_scalar("test/reward_mean", accuracy - 0.8, epoch)
-        writer.add_scalar("test/unique_policies", 7, epoch)
+        writer.add_scalar(f"{split}/accuracy", accuracy, epoch)
+        writer.add_scalar(f"{split}/blocks_mean", 12.5, epoch)
+        writer.add_scalar(f"{split}/blocks_std", 0.5, epoch)
+        writer.add_scalar(f"{split}/flops_mean", 1.4e8, epoch)
+        writer.add_scalar(f"{split}/reward_mean", accuracy - 0.8, epoch)
+        writer.add_scalar(f"{split}/unique_policies", 7, epoch)
         writer.add_scalar("train/reward", -0.3, epoch)  # not a test walk: left out
     writer.close()
 
@@ -39,13 +39,25 @@ def test_a_resumed_run_is_read_across_its_event_files_the_later_value_winning(tm
     assert capsys.readouterr().out == report
 
 
+def test_validation_walks_are_read_first_and_the_test_split_on_request(tmp_path):
+    run = tmp_path / "run"
+    log_walks(run / "tb", {10: 0.90}, split="val")
+    log_walks(run / "tb", {10: 0.70}, split="test")
+
+    default = walks.main(walks.Args((run,)))
+    test = walks.main(walks.Args((run,), split="test"))
+
+    assert "val accuracy (%)" in default and "| 10 | 90.00 |" in default
+    assert "test accuracy (%)" in test and "| 10 | 70.00 |" in test
+
+
 def test_a_folder_without_test_walks_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no TensorBoard log"):
         walks.main(walks.Args((tmp_path,)))
     writer = SummaryWriter(str(tmp_path / "tb"))
     writer.add_scalar("train/reward", -0.3, 1)
     writer.close()
-    with pytest.raises(UsageError, match="no test walks"):
+    with pytest.raises(UsageError, match="no val walks"):
         walks.main(walks.Args((tmp_path,)))
     with pytest.raises(UsageError, match="--every"):
         walks.main(walks.Args((tmp_path,), every=0))
