@@ -56,12 +56,21 @@ def load_policy(
     return load_agent(policy_path(name_or_path), device, precision)
 
 
-def ship(checkpoint: str | os.PathLike, name: str, card: dict[str, Any]) -> Path:
-    """Add the agent of a training checkpoint to the shipped ones as ``name``: its policy (and
-    finetuned ResNet) without the optimiser and generator states a resume needs, with ``card``
-    (how it was evaluated) and how it was trained beside it. Returns the shipped checkpoint."""
+def check_ship_name(name: str, overwrite: bool = False) -> None:
+    """Refuse a name that is not letters, digits, '-' and '_', or that a shipped agent has already
+    (unless ``overwrite``), with a ValueError that says so."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise ValueError(f"a shipped agent's name is letters, digits, '-' and '_'; got {name!r}")
+    if not overwrite and name in list_policies():
+        raise ValueError(f"{name} is a shipped agent already: choose another name, or pass overwrite to replace it")
+
+
+def ship(checkpoint: str | os.PathLike, name: str, card: dict[str, Any], overwrite: bool = False) -> Path:
+    """Add the agent of a training checkpoint to the shipped ones as ``name``: its policy (and
+    finetuned ResNet) without the optimiser and generator states a resume needs, with ``card``
+    (how it was evaluated) and how it was trained beside it. Returns the shipped checkpoint.
+    An existing shipped agent of that name is replaced only with ``overwrite``."""
+    check_ship_name(name, overwrite)
     ckpt = load_agent_checkpoint(checkpoint)
     agent = agent_from_checkpoint(ckpt, device="cpu")
     trained = {k: ckpt[k] for k in ("command", "git_commit", "date", "machine", "epoch", "stage", "args") if k in ckpt}

@@ -72,20 +72,32 @@ def project_root() -> Path:
 
 
 def default_data_dirs() -> list[Path]:
-    """Default places, in order: ``./data`` of the checkout, a ``shared/data`` folder beside the
-    checkout (where this project's CI keeps its copy), and ``~/.cache/blockdrop/data`` (the
-    download target)."""
+    """Default places, in order: ``./data`` of the checkout and ``~/.cache/blockdrop/data`` (the
+    download target). Only those the user owns are searched (:func:`candidate_dirs`): data found
+    without being named must not be anyone else's."""
     root = project_root()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "blockdrop" / "data"
-    return [root / "data", root.parent / "shared" / "data", cache]
+    return [root / "data", cache]
+
+
+def _owned(folder: Path) -> bool:
+    """Whether the user owns ``folder`` (a missing folder holds nothing to distrust)."""
+    try:
+        return not hasattr(os, "getuid") or folder.stat().st_uid == os.getuid()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Places to look, in order: the folder named by the caller, else ``$BLOCKDROP_DATA_DIR``,
+    else the default places the user owns."""
     if data_dir is not None:
         return [Path(data_dir)]
     if os.environ.get(ENV_VAR):
         return [Path(os.environ[ENV_VAR])]
-    return default_data_dirs()
+    return [d for d in default_data_dirs() if _owned(d)]
 
 
 def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -126,10 +138,34 @@ def _layout(dataset: str) -> Layout:
     return LAYOUTS[dataset]
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what the CIFAR files hold (dicts, lists, strings, bytes, numbers, numpy arrays) and
+    refuses every other global: a crafted file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol 2 writes bytes from Python 3
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: CIFAR files hold only arrays and lists")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path):  # noqa: ANN202 - whatever the file holds, checked by the caller
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, encoding="latin1").load()
+
+
 def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+        batch = _unpickle(path)
     except FileNotFoundError:
         raise CifarFormatError(f"{path}: file is missing") from None
     except Exception as e:  # truncated pickles raise EOFError, UnpicklingError, ValueError, ...
@@ -155,8 +191,7 @@ def _batch_size_from_meta(folder: Path) -> int | None:
     if not meta.is_file():
         return None
     try:
-        with open(meta, "rb") as f:
-            return int(pickle.load(f, encoding="latin1")["num_cases_per_batch"])
+        return int(_unpickle(meta)["num_cases_per_batch"])
     except Exception as e:
         raise CifarFormatError(f"{meta}: unreadable ({type(e).__name__}: {e})") from e
 

@@ -5,6 +5,8 @@ arguments differ from the run's)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -38,6 +40,12 @@ def run(main: Callable[[A], Any], args_type: type[A], module: str, doc: str | No
     except (UsageError, FileNotFoundError, CheckpointError, CifarFormatError) as e:  # bad arguments or files
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Interrupted as e:
+        print(e.message, file=sys.stderr)
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def require(condition: bool, message: str) -> None:
@@ -120,8 +128,90 @@ def resume_mismatch(saved: dict[str, str], current: dict[str, Any], may_change: 
     ]
 
 
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}  # folder -> open descriptor holding its lock, for the process's life
+
+
+def lock_folder(folder: Path) -> Path:
+    """Take the lock of an output folder (``<folder>/.lock``) for the rest of this process, or raise
+    a :class:`UsageError` naming the folder and the process that holds it.
+
+    The lock is an ``flock`` on the file: the system releases it when its process ends, however it
+    ends (a killed run leaves no stale lock behind). Take it before touching anything in the folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _held_locks:
+        return folder / LOCK_FILE
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # no flock (Windows): unlocked, as before
+        pass
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(
+            f"{folder} is in use by another job (pid {holder}; lock {path}): wait for it to end, or use another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held_locks[key] = fd
+    return path
+
+
+def release_folder(folder: Path) -> None:
+    """Give up the lock :func:`lock_folder` took (the end of the process does too)."""
+    fd = _held_locks.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+class InterruptFlag:
+    """Within ``with InterruptFlag() as stop:``, Ctrl-C (SIGINT) and SIGTERM set ``stop.requested``
+    instead of raising, so that a training loop can save its resume state at the next step and
+    exit; a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"{signal.Signals(signum).name}: saving the resume state after this step (Ctrl-C again: stop now)")
+
+    def __enter__(self) -> InterruptFlag:
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they were
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(SystemExit):
+    """A run stopped by Ctrl-C or SIGTERM after saving its resume state: :func:`run` prints its one
+    line and exits with status 130."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(130)
+        self.message = message
+
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files that a killed atomic save of ``path`` left beside it."""
+    """Delete temporary files that a killed atomic save of ``path`` left beside it. Call it only
+    while holding the folder's lock (:func:`lock_folder`): then no live job owns them."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         try:
             if tmp.is_file():

@@ -24,7 +24,7 @@ import torch
 
 from agents.baselines import FullPolicy, drop_landscape, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
-from agents.pretrained import list_policies, load_policy, policy_path, ship
+from agents.pretrained import check_ship_name, list_policies, load_policy, policy_path, ship
 from agents.reinforce import BlockDropAgent
 from blockdrop_env.checkpoint import default_checkpoint, run_metadata, shipped_depths
 from blockdrop_env.data import SPLITS
@@ -34,6 +34,7 @@ from experiments.cli import (
     UsageError,
     check_device,
     check_writable,
+    lock_folder,
     require,
     require_penalty,
     require_positive,
@@ -93,7 +94,10 @@ class Args(DataArgs):
     precision: Precision = "auto"
     """auto: the env's and the policy's half precision where the device has it natively; fp32: fp32."""
     out: Path = Path("runs/evaluate/default")
-    """Folder for summary.json, table.md and the plots."""
+    """Folder for summary.json, table.md and the plots (locked while the evaluation runs)."""
+    overwrite: bool = False
+    """Write into an --out that holds a training run (its summary.json is replaced), and let --ship
+    replace a shipped agent of the same name."""
     plots: bool = True
     """Draw the plots."""
 
@@ -257,7 +261,18 @@ def main(args: Args) -> list[dict]:
     require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
     require(not args.also or args.policy is not None, "--also needs --policy")
     require(not args.published or args.depth == 32, "--published: the published points are the ResNet-32's")
+    if args.ship is not None:
+        try:
+            check_ship_name(args.ship, args.overwrite)
+        except ValueError as e:
+            raise UsageError(f"--ship: {str(e).replace('pass overwrite', 'pass --overwrite')}") from None
+    require(
+        args.overwrite or not (args.out / "agent.pt").exists(),
+        f"{args.out} holds a training run (agent.pt): its summary.json would be replaced; "
+        "choose another --out, or pass --overwrite",
+    )
     check_writable(args.out)  # before the evaluation, not after it
+    lock_folder(args.out)
     check_device(args.device)
     args.fetch_data()
     named = [load_named(p, args, args.ship) for p in ((args.policy,) if args.policy is not None else ())]
@@ -331,7 +346,7 @@ def main(args: Args) -> list[dict]:
     if args.ship is not None:
         beside = [rows[0], full]  # the shipped agent and the full ResNet, whatever else was evaluated
         card = {"evaluated": run_metadata()["command"], "split": args.split, "penalty": args.penalty, "rows": beside}
-        print(f"shipped as {args.ship}: {ship(policy_path(args.policy), args.ship, card)}")
+        print(f"shipped as {args.ship}: {ship(policy_path(args.policy), args.ship, card, args.overwrite)}")
     return rows
 
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
@@ -36,6 +37,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.evaluation import Policy, evaluate, make_eval_env
+from agents.pretrained import policy_path
 from agents.reinforce import (
     BlockDropAgent,
     EntropyBonus,
@@ -46,16 +48,19 @@ from agents.reinforce import (
     save_agent,
     train_step,
 )
-from blockdrop_env.checkpoint import load_checkpoint, load_resnet, run_metadata
+from blockdrop_env.checkpoint import atomic_write_text, load_checkpoint, load_resnet, run_metadata
 from blockdrop_env.device import resolve_device
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments.cli import (
     DataArgs,
+    Interrupted,
+    InterruptFlag,
     UsageError,
     check_device,
     check_writable,
     cost_note,
+    lock_folder,
     refuse_overwrite,
     remove_stale_temporaries,
     require,
@@ -103,8 +108,9 @@ class Args(DataArgs, ForwardArgs):
     """Blocks handed to the policy per curriculum epoch (fractions allowed: 0.1 = one per 10 epochs)."""
     policy_input: int = 32
     """Image size the policy looks at: 32, or 16 / 8 for a cheaper policy on a downsampled image."""
-    init: Path | None = None
-    """Agent checkpoint to start from (e.g. a curriculum run for --stage finetune)."""
+    init: str | None = None
+    """Agent to start from: a checkpoint (e.g. a curriculum run's agent.pt for --stage finetune) or a
+    shipped agent's name (``python -m experiments.evaluate --list-policies``)."""
     depth: int = 32
     """Depth of the ResNet whose blocks are dropped: 32 (BlockDrop-CIFAR10-R32, 15 blocks) or 110
     (BlockDrop-CIFAR10-R110, 54 blocks); the policy decides one bit per block."""
@@ -209,26 +215,80 @@ def check_resume(args: Args, state: dict) -> None:
     plan, done = stages(args), state["epoch"]
     total = sum(e for _, e in plan)
     require(done < total, f"the run in {args.out} has run all {total} epochs: raise the epoch counts to go on")
+    # Every epoch already run (and one an interrupt left half done) must keep the stage it ran in.
+    ran = done + (1 if state.get("step", 0) else 0)
+    before = stages(
+        replace(args, **{k: type(getattr(args, k))(saved[k]) for k in ("curriculum_epochs", "finetune_epochs")})
+    )
+    moved = next((e for e in range(ran) if locate(e, plan)[0] != locate(e, before)[0]), None)
     require(
-        done == 0 or locate(done - 1, plan)[0] == state["stage"],
-        f"the run's epoch {done} was a {state['stage']} epoch; these epoch counts would make it another stage",
+        moved is None,
+        f"the run's epoch {0 if moved is None else moved + 1} was a {locate(moved or 0, before)[0]} epoch; "
+        "these epoch counts would make it another stage (grow only the stage the run is in, or the ones after it)",
     )
 
 
-def main(args: Args) -> dict:
-    check_args(args)
-    check_device(args.device)
-    ckpt_path = args.out / "agent.pt"
+@dataclass
+class Training:
+    """What a run holds between steps; what a resume state saves (``checkpoint``)."""
+
+    args: Args
+    agent: BlockDropAgent
+    resnet: torch.nn.Module
+    envs: dict[str, Any]
+    eval_env: BlockDropVectorEnv
+    generator: torch.Generator
+    epoch: int = 0
+    """Epochs completed (the epoch under way, counted from 0)."""
+    step: int = 0
+    """Steps of the epoch under way completed (non-zero only in a state saved by an interrupt)."""
+    step_stats: list = field(default_factory=list)
+    """The statistics of those steps."""
+    stage: str | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    config: ReinforceConfig | None = None
+    finetuned: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.args.out / "agent.pt"
+
+    def checkpoint(self) -> None:
+        save_agent(
+            self.path,
+            self.agent,
+            resnet=self.resnet if self.finetuned else None,
+            epoch=self.epoch,
+            step=self.step,
+            step_stats=[{k: v.cpu() for k, v in s.items()} for s in self.step_stats],
+            stage=self.stage,
+            optimizer=self.optimizer.state_dict(),
+            args={k: str(v) for k, v in asdict(self.args).items()},
+            rng={"sampling": self.generator.get_state()},
+            envs={n: e.unwrapped.state_dict() for n, e in self.envs.items()},
+            **run_metadata(),
+        )
+
+
+def open_output(args: Args) -> dict | None:
+    """Lock ``--out``, check what it holds against the arguments, and return the resume state
+    (None for a fresh run). Nothing in the folder is touched before its lock is held."""
+    path = args.out / "agent.pt"
     check_writable(args.out)
-    refuse_overwrite([ckpt_path], args.resume, args.overwrite)
-    remove_stale_temporaries(ckpt_path)
-    args.fetch_data()
-    if args.resume and not ckpt_path.is_file():
-        raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
-    state = load_checkpoint(ckpt_path, "policy", "BlockDrop agent checkpoint") if args.resume else None
+    lock_folder(args.out)
+    refuse_overwrite([path], args.resume, args.overwrite)
+    remove_stale_temporaries(path)
+    if args.resume and not path.is_file():
+        raise UsageError(f"--resume: no checkpoint at {path}")
+    state = load_checkpoint(path, "policy", "BlockDrop agent checkpoint") if args.resume else None
     if state is not None:
         check_resume(args, state)
-    require(args.policy_input in (8, 16, 32), f"--policy-input must be 32, 16 or 8; got {args.policy_input}")
+    return state
+
+
+def build(args: Args, state: dict | None) -> Training:
+    """The agent, the ResNet (from --init or the resume state), the envs and the generator,
+    restored from ``state`` when resuming."""
     device = resolve_device(args.device)
     resnet, _ = load_resnet(args.resnet_checkpoint, depth=args.depth, device=device)
     # Seeded after building the ResNet (its init draws), so the policy's init depends on the seed alone.
@@ -236,9 +296,8 @@ def main(args: Args) -> dict:
     agent = BlockDropAgent(
         resnet.num_blocks, device, compile=args.compile, precision=args.precision, policy_input=args.policy_input
     )
-
-    init = load_agent(args.init, device) if args.init is not None else None
-    if init is not None:
+    if args.init is not None:
+        init = load_agent(policy_path(args.init), device)
         blocks = init.policy.num_blocks
         require(
             blocks == resnet.num_blocks,
@@ -256,119 +315,172 @@ def main(args: Args) -> dict:
             resnet.load_state_dict(state["resnet"])
 
     # Every env shares the one ResNet: finetuning changes what all of them score with.
-    common = dict(
-        device=device,
-        data_dir=args.data_dir,
-        checkpoint=resnet,
-        limit=args.limit,
-        **args.env_forward(),
-    )
-    eval_env = make_eval_env(args.eval_split, **common)
-    plan = stages(args)
-    total_epochs = sum(e for _, e in plan)
+    common = dict(device=device, data_dir=args.data_dir, checkpoint=resnet, limit=args.limit, **args.env_forward())
     envs = {}
-    for name, _ in plan:
+    for name, _ in stages(args):
         batch = args.batch_size if name == "curriculum" else args.finetune_batch_size
         penalty = args.penalty if name == "curriculum" else args.finetune_penalty
         env = BlockDropVectorEnv(num_envs=batch, split=args.train_split, penalty=penalty, **common)
         env.reset(seed=args.seed + len(envs))
         envs[name] = CurriculumVectorWrapper(env) if name == "curriculum" else env
-    generator = torch.Generator(device).manual_seed(args.seed)
-
-    start_epoch = 0
+    job = Training(args, agent, resnet, envs, make_eval_env(args.eval_split, **common), torch.Generator(device))
+    job.generator.manual_seed(args.seed)
     if state is not None:
-        start_epoch = state["epoch"]
-        generator.set_state(state["rng"]["sampling"])
+        job.epoch, job.step = state["epoch"], state.get("step", 0)
+        job.step_stats = [{k: v.to(device) for k, v in s.items()} for s in state.get("step_stats", [])]
+        job.finetuned = state["resnet"] is not None
+        job.generator.set_state(state["rng"]["sampling"])
         for name, env_state in state["envs"].items():
             if name in envs:
                 envs[name].unwrapped.load_state_dict(env_state)
+    return job
 
+
+def enter_stage(job: Training, name: str, state: dict | None) -> None:
+    """Start a stage: its hyper-parameters and a fresh optimiser (the saved one when resuming in it)."""
+    args, env = job.args, job.envs[name]
+    job.config = ReinforceConfig(
+        lr=args.lr if name == "curriculum" else args.finetune_lr,
+        alpha=args.alpha,
+        beta=args.beta if name == "curriculum" else 0.0,
+        entropy=args.entropy,
+        finetune=name == "finetune",
+        finetune_bn=args.finetune_bn,
+    )
+    job.optimizer = make_optimizer(job.agent, env, job.config)
+    job.eval_env.task.penalty = env.unwrapped.task.penalty  # walk rewards on the stage's terms
+    if state is not None and state["stage"] == name and state["epoch"] == job.epoch:
+        job.optimizer.load_state_dict(state["optimizer"])
+    job.stage, job.finetuned = name, job.finetuned or name == "finetune"
+
+
+def set_schedule(job: Training, stage_epoch: int, stage_epochs: int) -> None:
+    """The epoch's curriculum stage (blocks the policy decides) or finetuning learning rate."""
+    env = job.envs[job.stage]
+    if job.stage == "curriculum":
+        env.decided = curriculum_decided(stage_epoch, env.unwrapped.num_blocks, job.args.curriculum_step)
+    else:
+        decay = stage_epoch >= job.args.lr_decay_at * stage_epochs
+        for group in job.optimizer.param_groups:
+            group["lr"] = job.args.finetune_lr * (0.1 if decay else 1.0)
+
+
+def train_epoch(job: Training, stop: InterruptFlag, estimate: Callable[[float, int], None]) -> bool:
+    """Run the epoch's remaining steps; False when an interrupt stopped it part-way (``job.step``
+    then says how far it got). ``estimate`` gets the seconds of steps 1-3 and the epoch's step count."""
+    env = job.envs[job.stage]
+    steps = math.ceil(env.unwrapped.task.num_images / env.num_envs)
+    first = job.step
+    for i in range(first, steps):
+        if i == first + 1:
+            started = perf_counter()
+        try:
+            job.step_stats.append(train_step(job.agent, env, job.optimizer, job.config, job.generator))
+        except RuntimeError:  # NaN keep probabilities fail the sampling
+            if finite_weights(job):
+                raise
+            raise diverged(job, "non-finite weights") from None
+        job.step = i + 1
+        if i == first + 3:
+            estimate((perf_counter() - started) / 3, steps)
+        if stop.requested and job.step < steps:
+            return False
+    return True
+
+
+def finite_weights(job: Training) -> bool:
+    params = list(job.agent.policy.parameters()) + (list(job.resnet.parameters()) if job.finetuned else [])
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def diverged(job: Training, what: str) -> UsageError:
+    """The error that stops a run whose loss or weights went non-finite; its resume state on disk is
+    the last good one (nothing of the diverged epoch is saved)."""
+    return UsageError(
+        f"training diverged in epoch {job.epoch + 1} ({what}): nothing saved from it; {job.path} keeps the last "
+        "good state. Lower the learning rate (--lr / --finetune-lr)"
+    )
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    check_device(args.device)
+    require(args.policy_input in (8, 16, 32), f"--policy-input must be 32, 16 or 8; got {args.policy_input}")
+    if args.init is not None:
+        policy_path(args.init)  # a missing file or unknown name fails before any work
+    state = open_output(args)
+    args.fetch_data()
+    job = build(args, state)
+    plan = stages(args)
+    total_epochs = sum(e for _, e in plan)
+    stop_at = total_epochs if args.stop_after is None else min(total_epochs, job.epoch + args.stop_after)
     writer = SummaryWriter(str(args.out / "tb"))
-    stop_at = total_epochs if args.stop_after is None else min(total_epochs, start_epoch + args.stop_after)
-    optimizer, current_stage, finetuned = None, None, state is not None and state["resnet"] is not None
-    bar = tqdm(range(start_epoch, stop_at), desc="BlockDrop", unit="epoch")
+    bar = tqdm(range(job.epoch, stop_at), desc="BlockDrop", unit="epoch")
     estimated: set[str] = set()  # stages whose cost was estimated (on the CPU, after their first steps)
     summary: dict = {}
+    resume_line = f"python -m experiments.train_blockdrop --out {args.out} --resume (and the run's other arguments)"
 
-    def checkpoint(epoch: int) -> None:
-        save_agent(
-            ckpt_path,
-            agent,
-            resnet=resnet if finetuned else None,
-            epoch=epoch,
-            stage=current_stage,
-            optimizer=optimizer.state_dict(),
-            args={k: str(v) for k, v in asdict(args).items()},
-            rng={"sampling": generator.get_state()},
-            envs={n: e.unwrapped.state_dict() for n, e in envs.items()},
-            **run_metadata(),
+    def estimate(seconds_per_step: float, steps: int) -> None:
+        if job.stage in estimated or job.agent.device.type != "cpu":  # CUDA steps run ahead of the host
+            return
+        estimated.add(job.stage)
+        _, stage_epoch, stage_epochs = locate(job.epoch, plan)
+        epochs_left = min(stage_epochs - stage_epoch, stop_at - job.epoch)
+        cost_note(
+            seconds_per_step * steps * epochs_left,
+            f"this run's {epochs_left} {job.stage} epochs of {steps} steps",
+            f"ask for less with --{job.stage}-epochs, --limit or --stop-after (--resume continues later)",
         )
 
-    for epoch in bar:
-        name, stage_epoch, stage_epochs = locate(epoch, plan)
-        env = envs[name]
-        if name != current_stage:
-            config = ReinforceConfig(
-                lr=args.lr if name == "curriculum" else args.finetune_lr,
-                alpha=args.alpha,
-                beta=args.beta if name == "curriculum" else 0.0,
-                entropy=args.entropy,
-                finetune=name == "finetune",
-                finetune_bn=args.finetune_bn,
-            )
-            optimizer = make_optimizer(agent, env, config)
-            eval_env.task.penalty = env.unwrapped.task.penalty  # walk rewards on the stage's terms
-            if state is not None and state["stage"] == name and state["epoch"] == epoch:
-                optimizer.load_state_dict(state["optimizer"])
-            current_stage, finetuned = name, finetuned or name == "finetune"
-        if name == "curriculum":
-            env.decided = curriculum_decided(stage_epoch, env.unwrapped.num_blocks, args.curriculum_step)
-        else:
-            decay = stage_epoch >= args.lr_decay_at * stage_epochs
-            for group in optimizer.param_groups:
-                group["lr"] = args.finetune_lr * (0.1 if decay else 1.0)
-
-        steps = math.ceil(env.unwrapped.task.num_images / env.num_envs)
-        step_stats = []
-        for i in range(steps):
-            if i == 1:
-                started = perf_counter()
-            step_stats.append(train_step(agent, env, optimizer, config, generator))
-            if i == 3 and name not in estimated and device.type == "cpu":  # CUDA steps run ahead of the host
-                estimated.add(name)
-                epochs_left = min(stage_epochs - stage_epoch, stop_at - epoch)
-                cost_note(
-                    (perf_counter() - started) / 3 * steps * epochs_left,
-                    f"this run's {epochs_left} {name} epochs of {steps} steps",
-                    f"ask for less with --{name}-epochs, --limit or --stop-after (--resume continues later)",
+    with InterruptFlag() as stop:
+        for epoch in bar:
+            name, stage_epoch, stage_epochs = locate(epoch, plan)
+            if name != job.stage or job.optimizer is None:
+                enter_stage(job, name, state)
+            set_schedule(job, stage_epoch, stage_epochs)
+            if not train_epoch(job, stop, estimate):
+                job.checkpoint()
+                writer.close()
+                raise Interrupted(
+                    f"interrupted in epoch {epoch + 1} after {job.step} steps; resume state saved in {job.path}. "
+                    f"Continue with: {resume_line}"
                 )
-        stats = epoch_stats(step_stats)
-        stats["decided"] = env.decided if name == "curriculum" else env.unwrapped.num_blocks
-        for key, value in stats.items():
-            writer.add_scalar(f"train/{key}", value, epoch + 1)
-        bar.set_postfix(
-            stage=name,
-            reward=f"{stats['reward']:.3f}",
-            acc=f"{stats['accuracy']:.3f}",
-            blocks=f"{stats['blocks_mean']:.1f}",
-        )
-
-        last = epoch + 1 == stop_at
-        if (epoch + 1) % args.eval_every == 0 or last:
-            ev = evaluate(eval_env, stage_policy(agent, env), agent.policy.flops()).summary()
-            for key, value in ev.items():
-                writer.add_scalar(f"{args.eval_split}/{key}", value, epoch + 1)
-            tqdm.write(
-                f"epoch {epoch + 1} [{name}] train reward {stats['reward']:.4f} acc {stats['accuracy']:.4f} "
-                f"blocks {stats['blocks_mean']:.2f} | {args.eval_split} acc {ev['accuracy']:.4f} "
-                f"blocks {ev['blocks_mean']:.2f} +- {ev['blocks_std']:.2f} unique {ev['unique_policies']}"
+            stats = epoch_stats(job.step_stats)
+            if not (math.isfinite(stats["loss"]) and finite_weights(job)):
+                raise diverged(job, f"loss {stats['loss']}, or non-finite weights")
+            job.epoch, job.step, job.step_stats = epoch + 1, 0, []
+            env = job.envs[name]
+            stats["decided"] = env.decided if name == "curriculum" else env.unwrapped.num_blocks
+            for key, value in stats.items():
+                writer.add_scalar(f"train/{key}", value, epoch + 1)
+            bar.set_postfix(
+                stage=name,
+                reward=f"{stats['reward']:.3f}",
+                acc=f"{stats['accuracy']:.3f}",
+                blocks=f"{stats['blocks_mean']:.1f}",
             )
-            summary = {"epoch": epoch + 1, "stage": name, "train": stats, args.eval_split: ev}
-        if (epoch + 1) % args.checkpoint_every == 0 or last:
-            checkpoint(epoch + 1)
+            last = epoch + 1 == stop_at
+            if (epoch + 1) % args.eval_every == 0 or last:
+                ev = evaluate(job.eval_env, stage_policy(job.agent, env), job.agent.policy.flops()).summary()
+                for key, value in ev.items():
+                    writer.add_scalar(f"{args.eval_split}/{key}", value, epoch + 1)
+                tqdm.write(
+                    f"epoch {epoch + 1} [{name}] train reward {stats['reward']:.4f} acc {stats['accuracy']:.4f} "
+                    f"blocks {stats['blocks_mean']:.2f} | {args.eval_split} acc {ev['accuracy']:.4f} "
+                    f"blocks {ev['blocks_mean']:.2f} +- {ev['blocks_std']:.2f} unique {ev['unique_policies']}"
+                )
+                summary = {"epoch": epoch + 1, "stage": name, "train": stats, args.eval_split: ev}
+            if (epoch + 1) % args.checkpoint_every == 0 or last or stop.requested:
+                job.checkpoint()
+            if stop.requested and not last:
+                writer.close()
+                raise Interrupted(
+                    f"interrupted after epoch {epoch + 1}; resume state saved in {job.path}. "
+                    f"Continue with: {resume_line}"
+                )
     writer.close()
     if summary:
-        (args.out / "summary.json").write_text(json.dumps({**summary, **run_metadata()}, indent=2) + "\n")
+        atomic_write_text(args.out / "summary.json", json.dumps({**summary, **run_metadata()}, indent=2) + "\n")
     return summary
 
 

@@ -11,7 +11,7 @@ from .conftest import PER_BATCH, requires_real_data, write_cifar10
 
 
 def test_reads_synthetic_layout_in_order(synthetic_dir):
-    images, labels = load_cifar("train", synthetic_dir)
+    images, labels = load_cifar("trainval", synthetic_dir)
     assert images.shape == (5 * PER_BATCH, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.shape == (5 * PER_BATCH,) and labels.dtype == torch.int64
     with open(synthetic_dir / "cifar-10-batches-py" / "data_batch_2", "rb") as f:
@@ -121,9 +121,44 @@ def test_random_crop_flip_is_a_shifted_maybe_flipped_window():
     assert 16 < flips < 48 and shifts > 48
 
 
+def test_train_and_val_split_the_train_files_at_the_last_tenth(synthetic_dir):
+    images, labels = load_cifar("trainval", synthetic_dir)
+    train_x, train_y = load_cifar("train", synthetic_dir)
+    val_x, val_y = load_cifar("val", synthetic_dir)
+    cut = len(labels) - len(labels) // 10
+    assert len(val_y) == len(labels) // 10 and len(train_y) == cut
+    assert torch.equal(torch.cat([train_x, val_x]), images) and torch.equal(torch.cat([train_y, val_y]), labels)
+    assert train_x.untyped_storage().nbytes() == train_x.numel()  # a copy, not a view of all 50,000
+
+
+def test_a_crafted_pickle_runs_no_code(tmp_path):
+    root = write_cifar10(tmp_path, seed=4)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({"num_cases_per_batch": Evil()}, f)
+    with pytest.raises(CifarFormatError, match="refused to load"):
+        load_cifar("test", tmp_path)
+    assert not marker.exists()
+
+
+def test_default_search_skips_folders_of_other_users(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    mine.mkdir(), theirs.mkdir()
+    monkeypatch.setattr(data, "default_data_dirs", lambda: [theirs, mine])
+    monkeypatch.setattr(data, "_owned", lambda folder: folder == mine)
+    assert data.candidate_dirs() == [mine]
+    assert data.candidate_dirs(theirs) == [theirs]  # a folder the user names is searched
+
+
 @requires_real_data
 def test_real_cifar10_class_counts_and_order():
-    train_x, train_y = load_cifar("train")
+    train_x, train_y = load_cifar("trainval")
     test_x, test_y = load_cifar("test")
     assert train_x.shape == (50_000, 3, 32, 32) and test_x.shape == (10_000, 3, 32, 32)
     assert torch.bincount(train_y).tolist() == [5000] * 10
@@ -132,3 +167,5 @@ def test_real_cifar10_class_counts_and_order():
     assert test_y[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     # Pixel values at known positions (SOURCE.md): first R values of train row 0.
     assert train_x[0, 0, 0, :3].tolist() == [59, 43, 50]
+    val_y = load_cifar("val")[1]
+    assert torch.equal(val_y, train_y[45_000:]) and len(load_cifar("train")[1]) == 45_000

@@ -100,3 +100,27 @@ def test_every_shipped_agent_loads_and_carries_its_card():
         assert card["name"] == name and card["trained"]["command"] and card["evaluated"]
         assert [r["name"] for r in card["rows"]] == [f"BlockDrop ({name})", "full ResNet"]
         assert agent.policy.num_blocks == 15 and 0 < card["rows"][0]["accuracy"] <= 1
+
+
+def test_evaluate_replaces_neither_a_shipped_agent_nor_a_training_runs_summary_without_overwrite(
+    shipped, env_kwargs, tmp_path
+):
+    common = dict(device="cpu", data_dir=str(env_kwargs["data_dir"]), checkpoint=env_kwargs["checkpoint"], plots=False)
+    with pytest.raises(UsageError, match="tiny-agent is a shipped agent already.*--overwrite"):
+        evaluate_script.main(
+            evaluate_script.Args(policy="tiny-agent", ship="tiny-agent", baselines="full", out=tmp_path / "e", **common)
+        )
+    with pytest.raises(UsageError, match="letters, digits"):
+        evaluate_script.main(
+            evaluate_script.Args(policy="tiny-agent", ship="../evil", baselines="full", out=tmp_path / "e", **common)
+        )
+    assert not (tmp_path / "e").exists()  # refused before any work: no folder left behind
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "agent.pt").write_bytes(b"a training run's checkpoint")
+    (run / "summary.json").write_text("{}")
+    with pytest.raises(UsageError, match="holds a training run"):
+        evaluate_script.main(evaluate_script.Args(policy="tiny-agent", baselines="none", out=run, **common))
+    assert (run / "summary.json").read_text() == "{}"
+    evaluate_script.main(evaluate_script.Args(policy="tiny-agent", baselines="none", out=run, overwrite=True, **common))
+    assert json.loads((run / "summary.json").read_text())["rows"][0]["name"] == "BlockDrop (tiny-agent)"

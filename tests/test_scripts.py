@@ -119,7 +119,7 @@ def test_mid_curriculum_evaluation_keeps_the_forced_blocks_on(tmp_path, env_kwar
     # block, so the test walk must still run the 14 forced ones (as the authors' test does).
     monkeypatch.setattr(BlockDropAgent, "greedy", lambda self, images: torch.zeros(len(images), 15, dtype=torch.bool))
     summary = train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1))
-    assert summary["test"]["blocks_mean"] == 14 and summary["test"]["blocks_std"] == 0
+    assert summary["val"]["blocks_mean"] == 14 and summary["val"]["blocks_std"] == 0
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path, env_kwargs):

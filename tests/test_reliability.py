@@ -1,0 +1,156 @@
+"""No lost work: locked output folders, a clean Ctrl-C that saves the resume state, resume records
+that cannot lie, divergence stopped, and shipped agents by name for --init."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments import train_blockdrop
+from experiments.cli import UsageError, lock_folder, release_folder
+
+from .test_scripts import train_args
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_folder_locked_by_a_live_process_is_refused_naming_it(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from experiments.cli import lock_folder; "
+            "from pathlib import Path; lock_folder(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match=rf"{tmp_path / 'out'} is in use by another job \(pid {holder.pid}"):
+            lock_folder(tmp_path / "out")
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_folder(tmp_path / "out")  # the system dropped the dead process's lock: nothing stale
+    release_folder(tmp_path / "out")
+
+
+def test_two_training_runs_into_one_folder_the_second_is_refused(tmp_path, env_kwargs):
+    args = train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from experiments.cli import lock_folder; "
+            "from pathlib import Path; lock_folder(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
+            str(args.out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        stale = args.out / ".agent.pt.live.tmp"  # the live job's half-written checkpoint
+        stale.write_bytes(b"half")
+        with pytest.raises(UsageError, match="in use by another job"):
+            train_blockdrop.main(args)
+        assert stale.exists()  # clean-up never touches a live job's files
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def script(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.train_blockdrop", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def cli_args(tmp_path, env_kwargs, out) -> list[str]:
+    return [
+        "--stage", "curriculum", "--curriculum-epochs", "3", "--batch-size", "2", "--limit", "64",
+        "--checkpoint-every", "5", "--eval-every", "5", "--device", "cpu", "--seed", "1",
+        "--data-dir", str(env_kwargs["data_dir"]), "--resnet-checkpoint", str(env_kwargs["checkpoint"]),
+        "--precision", "fp32", "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_saves_the_resume_state_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    tmp_path, env_kwargs, sig
+):
+    straight = script(*cli_args(tmp_path, env_kwargs, tmp_path / "a"))
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    run = script(*cli_args(tmp_path, env_kwargs, tmp_path / "b"))
+    tb = tmp_path / "b" / "tb"
+    deadline = time.time() + 120
+    while not (tb.is_dir() and any(tb.iterdir())) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the first epoch's steps
+    run.send_signal(sig)
+    assert run.wait(timeout=120) == 130
+    err = run.stderr.read()
+    assert "Traceback" not in err
+    assert "resume state saved" in err and "--resume" in err.splitlines()[-1]
+    saved = torch.load(tmp_path / "b" / "agent.pt", weights_only=True)
+    assert saved["epoch"] < 3  # stopped before the end (its one save: checkpoint-every is 5)
+
+    resumed = script(*cli_args(tmp_path, env_kwargs, tmp_path / "b"), "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = torch.load(tmp_path / "a" / "agent.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "agent.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["policy"]:
+        assert torch.equal(a["policy"][key], b["policy"][key]), key
+
+
+def test_resume_refuses_epoch_counts_that_would_change_the_stage_of_epochs_run(tmp_path, env_kwargs):
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, curriculum_epochs=2, finetune_epochs=1))  # 2 cur + 1 fine
+    with pytest.raises(UsageError, match="epoch 3 was a finetune epoch"):
+        train_blockdrop.main(train_args(tmp_path, env_kwargs, curriculum_epochs=3, finetune_epochs=2, resume=True))
+    summary = train_blockdrop.main(
+        train_args(tmp_path, env_kwargs, curriculum_epochs=2, finetune_epochs=2, resume=True)
+    )
+    assert summary["epoch"] == 4 and summary["stage"] == "finetune"
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_its_last_good_state(tmp_path, env_kwargs, monkeypatch):
+    args = train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=3)
+    steps, real_step = [], train_blockdrop.train_step
+
+    def diverge_in_epoch_two(agent, env, *rest):
+        steps.append(1)
+        if len(steps) == 6:  # epoch 1 has ceil(72 / 16) = 5 steps
+            next(agent.policy.parameters()).data.fill_(float("nan"))
+        return real_step(agent, env, *rest)
+
+    monkeypatch.setattr(train_blockdrop, "train_step", diverge_in_epoch_two)
+    with pytest.raises(UsageError, match="diverged in epoch 2"):
+        train_blockdrop.main(args)
+    kept = torch.load(args.out / "agent.pt", weights_only=True)
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["policy"].values())
+
+
+def test_init_takes_a_shipped_agents_name(tmp_path, env_kwargs):
+    args = train_args(
+        tmp_path, env_kwargs, stage="finetune", finetune_epochs=1, init="r32-in16-finetune-p2-cpu", policy_input=16
+    )
+    assert train_blockdrop.main(args)["epoch"] == 1
+    with pytest.raises(FileNotFoundError, match="neither an agent checkpoint nor a shipped agent"):
+        train_blockdrop.main(train_args(tmp_path / "x", env_kwargs, init="no-such-agent"))
