@@ -4,6 +4,7 @@ what the networks decide."""
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 from typing import Literal, get_args
@@ -76,3 +77,25 @@ def autocast(device: torch.device, precision: Precision = "auto") -> torch.autoc
     """Autocast to :func:`training_dtype` (a disabled context when that is fp32)."""
     dtype = training_dtype(device, precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def one_thread_in_forked_children() -> None:
+    """Make every process forked from this one run torch on one CPU thread.
+
+    torch's OpenMP pool does not survive ``fork``: a child that enters a parallel region the parent
+    had used waits for ever. Gymnasium's ``AsyncVectorEnv`` and Tianshou's ``SubprocVectorEnv``
+    fork their workers by default, so without this ``gym.make_vec(..., vectorization_mode="async")``
+    hangs. One thread per worker is also what several workers on a few cores want. Registered once
+    when ``blockdrop_env`` is imported; spawned processes (Ray, ``spawn``, ``forkserver``) are not
+    affected.
+    """
+    if hasattr(os, "register_at_fork") and not _fork_handler_registered:
+        os.register_at_fork(after_in_child=_one_thread)
+        globals()["_fork_handler_registered"] = True
+
+
+_fork_handler_registered = False
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)

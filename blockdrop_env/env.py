@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from .task import BlockDropTask, as_keep_mask
+from .task import BlockDropTask, as_keep_mask, check_reset_options
 
 
 class ResetNeeded(ValueError, gym.error.ResetNeeded):
@@ -111,6 +111,7 @@ class BlockDropEnv(gym.Env[np.ndarray, np.ndarray]):
         super().reset(seed=seed)
         if seed is not None:
             self._generator.manual_seed(int(self.np_random.integers(2**62)))
+        check_reset_options(options)
         if options and "index" in options:
             index = self.task.check_indices(options["index"], 1)
         else:

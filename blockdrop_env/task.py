@@ -33,7 +33,12 @@ class Outcome(NamedTuple):
     flops: Tensor  # float64, FLOPs of the ResNet blocks run plus its stem and classifier
 
     def info(self, label: Tensor) -> dict[str, Tensor]:
-        return {"label": label, **self._asdict()}
+        """The ``info`` entries of a step: every field but the reward (which the step returns
+        itself: an info key named like it lands on top of it in libraries that merge the two, such
+        as TorchRL), and the label."""
+        fields = self._asdict()
+        del fields["reward"]
+        return {"label": label, **fields}
 
 
 def as_keep_mask(action: Any, batch_shape: tuple[int, ...], num_blocks: int, device: torch.device) -> Tensor:
@@ -60,6 +65,16 @@ def as_keep_mask(action: Any, batch_shape: tuple[int, ...], num_blocks: int, dev
     if bad.any():
         raise ValueError(f"action values must be 0 or 1; got {keep[bad].flatten()[:5].tolist()}")
     return (keep == 1).to(device, non_blocking=True)
+
+
+RESET_OPTIONS = ("index",)
+
+
+def check_reset_options(options: dict[str, Any] | None) -> None:
+    """Refuse ``reset`` options the envs do not know (a misspelt ``"index"`` would be ignored)."""
+    unknown = sorted(set(options or {}) - set(RESET_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}: the only option is 'index' (image indices to show)")
 
 
 class BlockDropTask:

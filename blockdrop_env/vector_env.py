@@ -13,7 +13,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from .task import BlockDropTask, Outcome, as_keep_mask
+from .task import BlockDropTask, Outcome, as_keep_mask, check_reset_options
 
 
 class BlockDropVectorEnv(gym.vector.VectorEnv):
@@ -37,6 +37,8 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    autoreset_mode = AutoresetMode.SAME_STEP
+    """Also as an attribute: some libraries (TorchRL) read it there rather than in ``metadata``."""
 
     def __init__(self, num_envs: int = 256, **task_kwargs: Any) -> None:
         if int(num_envs) != num_envs or num_envs < 1:
@@ -76,6 +78,7 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         super().reset(seed=seed)
         if seed is not None:
             self._generator.manual_seed(int(seed))
+        check_reset_options(options)
         if options and "index" in options:
             indices = self.task.check_indices(options["index"], self.num_envs)
         else:

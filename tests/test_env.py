@@ -1,3 +1,4 @@
+import pickle
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AutoresetMode
 
 import blockdrop_env
 from blockdrop_env import BlockDropEnv, BlockDropVectorEnv
@@ -38,7 +40,7 @@ def test_step_returns_one_step_episode_with_info(env):
     assert obs.shape == (3, 32, 32) and obs.dtype == np.uint8 and set(info) == {"index"}
     _, reward, terminated, truncated, info = env.step(np.ones(15, dtype=np.int8))
     assert terminated is True and truncated is False
-    assert {"label", "prediction", "correct", "blocks_kept", "flops", "reward", "index"} <= set(info)
+    assert {"label", "prediction", "correct", "blocks_kept", "flops", "index"} <= set(info)
     assert info["blocks_kept"] == 15 and info["flops"] == pytest.approx(1.377e8, rel=1e-3)
     assert reward == (0.0 if info["correct"] else -1.0)
     assert info["correct"] == (info["label"] == info["prediction"])
@@ -229,7 +231,8 @@ def test_bad_reset_index_is_refused(env, index):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"split": "val"}, "split must be one of"),
+        ({"split": "valid"}, "split must be one of"),
+        ({"augment": "False"}, "augment must be None, True or False"),
         ({"penalty": float("nan")}, "penalty must be"),
         ({"device": "tpu"}, "device must be"),
         ({"dataset": "mnist"}, "dataset must be one of"),
@@ -253,3 +256,52 @@ def test_render_returns_the_image(env_kwargs):
 
 def test_package_exports():
     assert blockdrop_env.BlockDropEnv is BlockDropEnv
+
+
+ASYNC_SCRIPT = """
+import sys, numpy as np, gymnasium as gym, torch
+import blockdrop_env
+torch.ones(512, 512) @ torch.ones(512, 512)  # the parent's thread pool is up before the fork
+kwargs = dict(data_dir=sys.argv[1], checkpoint=sys.argv[2], device="cpu", limit=64)
+venv = gym.make_vec("BlockDrop-CIFAR10-R32", num_envs=2, vectorization_mode="async", **kwargs)
+obs, info = venv.reset(seed=0)
+for _ in range(3):
+    obs, reward, terminated, truncated, info = venv.step(np.ones((2, 15), dtype=np.int8))
+assert obs.shape == (2, 3, 32, 32) and terminated.all() and reward.shape == (2,)
+venv.close()
+print("stepped")
+"""
+
+
+def test_gymnasiums_async_vector_env_steps_with_forked_workers(env_kwargs):
+    """Forked workers used to hang in torch's thread pool (the default start method on Linux)."""
+    result = subprocess.run(
+        [sys.executable, "-c", ASYNC_SCRIPT, str(env_kwargs["data_dir"]), str(env_kwargs["checkpoint"])],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "stepped", result.stderr[-2000:]
+
+
+def test_info_keys_leave_the_reward_alone_and_the_autoreset_mode_is_an_attribute(env_kwargs):
+    env = BlockDropVectorEnv(num_envs=4, **env_kwargs)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.ones((4, 15), dtype=np.int8))
+    assert not {"reward", "done", "terminated", "truncated", "observation", "action"} & set(info)
+    assert env.autoreset_mode == env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    single = BlockDropEnv(**env_kwargs)
+    single.reset(seed=0)
+    assert "reward" not in single.step(np.ones(15, dtype=np.int8))[4]
+
+
+def test_pickling_an_env_on_part_of_a_split_copies_only_that_part(env_kwargs):
+    env = BlockDropEnv(limit=8, **env_kwargs)
+    assert env.task.images.untyped_storage().nbytes() == 8 * 3 * 32 * 32
+    assert len(pickle.dumps(env)) < 2_000_000
+
+
+def test_a_misspelt_reset_option_is_refused(env_kwargs):
+    for env in (BlockDropEnv(**env_kwargs), BlockDropVectorEnv(num_envs=2, **env_kwargs)):
+        with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['idx'\]"):
+            env.reset(options={"idx": 3})
