@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blockdrop_env.checkpoint import atomic_save, load_checkpoint
+from blockdrop_env.checkpoint import atomic_save, load_checkpoint, require_finite_weights
 from blockdrop_env.device import Precision, autocast, check_precision, resolve_device
 from blockdrop_env.inference import CompileMode
 
@@ -250,6 +250,9 @@ def agent_from_checkpoint(
     ckpt: dict[str, Any], device: str | torch.device = "auto", precision: Precision = "auto"
 ) -> BlockDropAgent:
     """The agent held by loaded checkpoint contents (see :func:`load_agent_checkpoint`)."""
+    require_finite_weights(ckpt["policy"], "the agent's policy")
+    if ckpt.get("resnet") is not None:
+        require_finite_weights(ckpt["resnet"], "the agent's finetuned ResNet")
     size = ckpt.get("policy_input", 32)  # checkpoints before the option: full-size images
     agent = BlockDropAgent(ckpt.get("num_blocks", 15), device, precision=precision, policy_input=size)
     agent.policy.load_state_dict(ckpt["policy"])

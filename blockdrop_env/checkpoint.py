@@ -141,6 +141,15 @@ def load_checkpoint(path: str | os.PathLike, required: str = "state_dict", kind:
     return ckpt
 
 
+def require_finite_weights(state: dict[str, Any], what: str) -> None:
+    """Refuse (CheckpointError) a state dict holding inf or nan: a diverged run's weights."""
+    floats = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    bad = [k for k, v in floats.items() if not v.isfinite().all()]
+    if bad:
+        more = ", ..." if len(bad) > 3 else ""
+        raise CheckpointError(f"{what} holds non-finite weights ({', '.join(bad[:3])}{more})")
+
+
 def load_resnet(
     path: str | os.PathLike | None = None,
     depth: int = 32,
@@ -167,6 +176,7 @@ def load_resnet(
             f"checkpoint {path} is a ResNet-{found[0]} with {found[1]} classes; "
             f"expected ResNet-{depth} with {num_classes} classes"
         )
+    require_finite_weights(ckpt["state_dict"], f"checkpoint {path}")
     model = CifarResNet(depth, num_classes)
     try:
         model.load_state_dict(ckpt["state_dict"])

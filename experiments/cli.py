@@ -5,6 +5,7 @@ arguments differ from the run's)."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -67,10 +68,25 @@ def require_positive(args: object, *names: str) -> None:
 
 
 def require_penalty(args: object, *names: str) -> None:
-    """Each named penalty is <= 0: a wrong answer never earns more than a right one."""
+    """Each named penalty is a finite number <= 0 that float32 holds: a wrong answer never earns
+    more than a right one, and rewards are float32."""
     for name in names:
         value = getattr(args, name)
-        require(value <= 0, f"{flag(name)} must be <= 0 (a wrong answer earns at most 0); got {value}")
+        require(
+            math.isfinite(value) and FLOAT32_MIN <= value <= 0,
+            f"{flag(name)} must be a finite number in [{FLOAT32_MIN:.3g}, 0] (a wrong answer earns at most 0); "
+            f"got {value}",
+        )
+
+
+FLOAT32_MIN = -3.4028234663852886e38
+
+
+def require_finite(args: object, *names: str) -> None:
+    """Each named argument is a finite number (not inf or nan)."""
+    for name in names:
+        value = getattr(args, name)
+        require(math.isfinite(value), f"{flag(name)} must be a finite number; got {value}")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,11 +33,13 @@ from blockdrop_env.device import Precision, autocast, resolve_device
 from blockdrop_env.resnet import CifarResNet, predict
 from experiments.cli import (
     DataArgs,
+    UsageError,
     check_device,
     check_writable,
     refuse_overwrite,
     remove_stale_temporaries,
     require,
+    require_finite,
     require_positive,
     resume_mismatch,
     run,
@@ -89,7 +92,12 @@ def check_args(args: Args) -> None:
     require(args.dataset in LAYOUTS, f"--dataset must be one of {sorted(LAYOUTS)}; got {args.dataset!r}")
     require(args.depth >= 8 and (args.depth - 2) % 6 == 0, f"--depth must be 6n+2 (20, 32, 110, ...); got {args.depth}")
     require_positive(args, "epochs", "batch_size", "limit")
+    require_finite(args, "lr", "momentum", "weight_decay", "label_smoothing")
     require(args.lr > 0, f"--lr must be > 0; got {args.lr}")
+    require(0 <= args.momentum < 1, f"--momentum must lie in [0, 1); got {args.momentum}")
+    require(args.weight_decay >= 0, f"--weight-decay must be >= 0; got {args.weight_decay}")
+    require(0 <= args.label_smoothing < 1, f"--label-smoothing must lie in [0, 1); got {args.label_smoothing}")
+    require(args.seed >= 0, f"--seed must be >= 0; got {args.seed}")
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
 
 
@@ -190,6 +198,12 @@ def main(args: Args) -> dict:
         elapsed += time.perf_counter() - t0
         seen = steps_per_epoch * batch_size
         stats = {"loss": (loss_sum / steps_per_epoch).item(), "accuracy": (correct / seen).item()}
+        if not (math.isfinite(stats["loss"]) and all(bool(torch.isfinite(p).all()) for p in model.parameters())):
+            kept = f"{resume_path} keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
+            raise UsageError(
+                f"training diverged in epoch {epoch + 1} (loss {stats['loss']}, or non-finite weights): {kept}. "
+                "Lower --lr"
+            )
         writer.add_scalar("train/loss", stats["loss"], epoch + 1)
         writer.add_scalar("train/accuracy", stats["accuracy"], epoch + 1)
         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)

@@ -64,6 +64,7 @@ from experiments.cli import (
     refuse_overwrite,
     remove_stale_temporaries,
     require,
+    require_finite,
     require_penalty,
     require_positive,
     resume_mismatch,
@@ -154,6 +155,8 @@ def check_args(args: Args) -> None:
     require(sum(e for _, e in stages(args)) > 0, f"--stage {args.stage} has no epochs to run: give it some")
     require_positive(args, "batch_size", "finetune_batch_size", "checkpoint_every", "eval_every", "stop_after", "limit")
     require_penalty(args, "penalty", "finetune_penalty")
+    require_finite(args, "lr", "finetune_lr", "alpha", "beta", "curriculum_step", "lr_decay_at")
+    require(args.seed >= 0, f"--seed must be >= 0; got {args.seed}")
     require(0.5 < args.alpha <= 1, f"--alpha must lie in (0.5, 1] (1: no exploration bound); got {args.alpha}")
     require(args.beta >= 0, f"--beta must be >= 0; got {args.beta}")
     require(args.lr > 0 and args.finetune_lr > 0, "learning rates must be > 0")

@@ -154,3 +154,70 @@ def test_init_takes_a_shipped_agents_name(tmp_path, env_kwargs):
     assert train_blockdrop.main(args)["epoch"] == 1
     with pytest.raises(FileNotFoundError, match="neither an agent checkpoint nor a shipped agent"):
         train_blockdrop.main(train_args(tmp_path / "x", env_kwargs, init="no-such-agent"))
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    from blockdrop_env.checkpoint import CheckpointError, load_resnet, save_resnet
+    from blockdrop_env.resnet import resnet32
+
+    model = resnet32()
+    model.fc.weight.data[0, 0] = float("inf")
+    save_resnet(tmp_path / "r32.pt", model)
+    with pytest.raises(CheckpointError, match=r"non-finite weights \(fc.weight\)"):
+        load_resnet(tmp_path / "r32.pt")
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--beta", "inf"], "--beta must be a finite number"),
+        (["--curriculum-step", "inf"], "--curriculum-step must be a finite number"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--penalty=-inf"], "--penalty must be a finite number"),
+        (["--penalty=-1e39"], "--penalty must be a finite number"),
+    ],
+)
+def test_bad_training_arguments_fail_in_one_line_before_any_work(tmp_path, argv, match):
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.train_blockdrop", "--out", str(tmp_path / "run"), *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and match in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--momentum", "-1"], "--momentum must lie in"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+        (["--label-smoothing", "2"], "--label-smoothing must lie in"),
+    ],
+)
+def test_bad_pretraining_arguments_fail_in_one_line_before_any_work(tmp_path, argv, match):
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.pretrain_resnet", "--out", str(tmp_path / "r" / "r.pt"), *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr and match in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_diverging_pretraining_stops_with_an_error_and_saves_no_checkpoint(tmp_path, synthetic_dir):
+    from experiments import pretrain_resnet
+
+    args = pretrain_resnet.Args(
+        depth=8, epochs=2, batch_size=16, lr=1e30, device="cpu", data_dir=str(synthetic_dir), out=tmp_path / "r.pt"
+    )
+    with pytest.raises(UsageError, match="diverged in epoch 1"):
+        pretrain_resnet.main(args)
+    assert not (tmp_path / "r.pt").exists()
