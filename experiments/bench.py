@@ -1,7 +1,7 @@
 """Benchmarks: throughput of the env and agents as ratios to a reference measured in the same run,
 and the agreement of the optimised ResNet forward with the plain one.
 
-    python -m experiments.bench                  # sizes by device: small on the CPU
+    python -m experiments.bench                  # sizes by device: small on the CPU; into runs/bench
     python -m experiments.bench --out results/bench/h200
 
 The reference is the plain fp32 eager masked ResNet-32 forward (images/s) at ``reference_batch``.
@@ -48,7 +48,7 @@ from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
-from experiments.cli import DataArgs, check_device, check_writable, run
+from experiments.cli import DataArgs, check_device, check_writable, flag, require, require_positive, run
 from experiments.pretrain_resnet import sgd_step
 
 # TRPO's cost is its conjugate-gradient steps (Hessian-vector products through the ResNet-8 trunk)
@@ -103,8 +103,9 @@ class Args(DataArgs):
     """Images of the timed curriculum epoch; default 50,000 (the paper's epoch) on CUDA, 10,000 on the CPU."""
     agreement_limit: int | None = None
     """Test images of the agreement check (default: all 10,000)."""
-    out: Path = Path("results/bench/cpu")
-    """Folder for bench.json and bench.md (rewritten after every figure, so a run cut off keeps its figures)."""
+    out: Path = Path("runs/bench")
+    """Folder for bench.json and bench.md (rewritten after every figure, so a run cut off keeps its
+    figures); the committed results live under results/bench/, each with its command."""
     checkpoint: Path | None = None
     """ResNet checkpoint; default: the shipped one."""
 
@@ -311,7 +312,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_args(args: Args) -> None:
+    """Refuse arguments that would loop for ever or be silently replaced, before any work."""
+    seconds = args.min_seconds
+    require(math.isfinite(seconds) and seconds > 0, f"--min-seconds must be a finite number > 0; got {seconds}")
+    batches = ("reference_batch", "agent_batch", "finetune_batch", "pretrain_batch")
+    require_positive(args, *batches, "sb3_steps", "epoch_images", "agreement_limit")
+    for name in ("env_batches", "compiled_batches"):
+        values = getattr(args, name) or ()
+        require(all(v >= 1 for v in values), f"{flag(name)} must be positive batch sizes; got {values}")
+
+
 def main(args: Args) -> dict:
+    check_args(args)
     check_writable(args.out)
     check_device(args.device)
     args.fetch_data()
@@ -323,7 +336,8 @@ def main(args: Args) -> dict:
     agent_batch = args.agent_batch or (2048 if cuda else 256)
     sb3_steps = args.sb3_steps or (65_536 if cuda else 2048)
     epoch_images = args.epoch_images or (50_000 if cuda else 10_000)
-    common = {"device": device, "data_dir": args.data_dir, "checkpoint": args.checkpoint}
+    data = {"device": device, "data_dir": args.data_dir}
+    common = {**data, "checkpoint": args.checkpoint}
     compiled = f"compiled ({args.compile})"
     report = Report(args, device)
     record = report.record
@@ -366,7 +380,8 @@ def main(args: Args) -> dict:
     def measure_pair(depth: int) -> None:
         """Two actions scored with their shared prefix run once, as a ratio to one stacked forward of
         both, at curriculum stages from the first (one block decided) to the last (all decided)."""
-        env = BlockDropVectorEnv(num_envs=agent_batch, split="train", depth=depth, device=device)
+        checkpoint = args.checkpoint if depth == 32 else None  # --checkpoint is a ResNet-32
+        env = BlockDropVectorEnv(agent_batch, split="train", depth=depth, checkpoint=checkpoint, **data)
         images, _ = env.reset(seed=0)
         k, task = env.num_blocks, env.task
         g = torch.Generator(device).manual_seed(0)

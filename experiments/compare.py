@@ -57,6 +57,7 @@ from experiments.cli import (
     check_device,
     check_writable,
     cost_note,
+    lock_folder,
     remove_stale_temporaries,
     require,
     require_penalty,
@@ -139,8 +140,21 @@ def check_args(args: Args) -> None:
     known = ("blockdrop", "ppo", "a2c", "trpo")
     require(bool(args.algorithms) and set(args.algorithms) <= set(known), f"--algorithms must be among {known}")
     require(bool(args.seeds), "--seeds needs at least one seed")
+    require(len(set(args.seeds)) == len(args.seeds), f"--seeds must differ (each counts as a run); got {args.seeds}")
+    require(min(args.seeds) >= 0, f"--seeds must be >= 0; got {args.seeds}")
+    require(len(set(args.algorithms)) == len(args.algorithms), f"--algorithms must differ; got {args.algorithms}")
+    require(
+        args.name not in ("", ".", "..") and "/" not in args.name and "\\" not in args.name,
+        f"--name must be a folder name inside --out-root (no '/', not '.' or '..'); got {args.name!r}",
+    )
     require_positive(args, "env_steps", "num_envs", "eval_points", "eval_limit", "limit")
+    require(
+        args.env_steps >= args.num_envs,
+        f"--env-steps must be at least --num-envs (one step shows --num-envs images); "
+        f"got {args.env_steps} and {args.num_envs}",
+    )
     require(args.save_every >= 0, f"--save-every must be 0 (no saves) or positive; got {args.save_every}")
+    require_positive(args, "bootstrap_reps")
     require_penalty(args, "penalty")
     fraction = args.curriculum_fraction
     require(0 < fraction <= 1, f"--curriculum-fraction must lie in (0, 1]; got {fraction}")
@@ -518,6 +532,7 @@ def main(args: Args) -> list[dict]:
     out = args.out_root / args.name
     runs_dir = (out / "runs").resolve()  # absolute: Ray trials may run in another working directory
     check_writable(out / "runs")
+    lock_folder(out)  # a second comparison under this name waits for none: it is refused
     args.fetch_data()
     jobs = [(algo, seed) for algo in args.algorithms for seed in args.seeds]
     finished = {job: reusable(out / "runs" / f"{job[0]}_seed{job[1]}.json", args) for job in jobs}  # checked first

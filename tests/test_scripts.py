@@ -268,7 +268,9 @@ def test_bench_smoke(tmp_path, env_kwargs):
     sb3 = [r["name"].split(" through")[0] for r in rows if r["name"].startswith("SB3")]
     assert sb3[:3] == ["SB3 PPO", "SB3 A2C", "SB3 TRPO"] and len(sb3) == 2 + len(bench.TRPO_VARIANTS)
     assert "SB3 TRPO (sub_sampling_factor=4)" in sb3 and "SB3 TRPO (cg_max_steps=15)" in sb3
-    assert len(rows) == (18 if half else 11) + len(sb3)
+    pair = [r for r in rows if r["name"].startswith("two actions")]
+    assert len(pair) == 3 * (4 + 4)  # stacked, shared prefix, speed-up at 4 stages of the R32 and the R110
+    assert len(rows) == (18 if half else 11) + len(pair) + len(sb3)
     trained = [r["name"].split(",")[0] for r in rows if "fp32" in r["name"].split(",")[-1]]
     if half:
         assert trained == [
