@@ -93,9 +93,10 @@ class Args(DataArgs, ForwardArgs):
     """Fraction of the finetuning epochs after which its learning rate is divided by 10."""
     penalty: float = -1.0
     """Reward of a wrong prediction in curriculum learning."""
-    finetune_penalty: float = -10.0
-    """Reward of a wrong prediction in finetuning (the paper: -5 or -10)."""
-    finetune_bn: FinetuneBatchNorm = "frozen"
+    finetune_penalty: float = -2.0
+    """Reward of a wrong prediction in finetuning: -2, where the shipped ResNet-32 agents did best
+    (docs/RESULTS.md); the paper's ResNet-110 run used -10 (``--finetune-penalty -10``)."""
+    finetune_bn: FinetuneBatchNorm = "train"
     """Batch norm of the ResNet in finetuning: frozen (eval mode, the pretrained statistics), or train
     as the authors' finetune.py (batch statistics in training steps, running averages updated)."""
     alpha: float = 0.8
