@@ -74,8 +74,8 @@ def require_penalty(args: object, *names: str) -> None:
         value = getattr(args, name)
         require(
             math.isfinite(value) and FLOAT32_MIN <= value <= 0,
-            f"{flag(name)} must be a finite number in [{FLOAT32_MIN:.3g}, 0] (a wrong answer earns at most 0); "
-            f"got {value}",
+            f"{flag(name)} must be <= 0 (a wrong answer earns at most 0) and a finite number float32 holds "
+            f"(>= {FLOAT32_MIN:.3g}); got {value}",
         )
 
 

@@ -174,8 +174,8 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
         (["--beta", "inf"], "--beta must be a finite number"),
         (["--curriculum-step", "inf"], "--curriculum-step must be a finite number"),
         (["--seed", "-1"], "--seed must be >= 0"),
-        (["--penalty=-inf"], "--penalty must be a finite number"),
-        (["--penalty=-1e39"], "--penalty must be a finite number"),
+        (["--penalty=-inf"], "a finite number float32 holds"),
+        (["--penalty=-1e39"], "a finite number float32 holds"),
     ],
 )
 def test_bad_training_arguments_fail_in_one_line_before_any_work(tmp_path, argv, match):
