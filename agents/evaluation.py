@@ -81,7 +81,7 @@ def evaluate(env: BlockDropVectorEnv, policy: Policy, policy_flops: float = 0.0)
         corrects.append(out.correct[valid])
         rewards.append(out.reward[valid])
         flops.append(out.flops[valid])
-        labels.append(env.labels[valid])
+        labels.append(env.privileged_labels()[valid])
     keep, correct = torch.cat(keeps).cpu(), torch.cat(corrects).cpu()
     blocks = keep.sum(1).double()
     total_flops = torch.cat(flops).cpu() + policy_flops

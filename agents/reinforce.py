@@ -9,11 +9,11 @@ also covers the blocks the curriculum forces on). Forced blocks are left out of 
 
 Joint finetuning reaches the env's ResNet through ``env.unwrapped.resnet`` (the module the env
 scores with, so rewards follow the finetuned weights at once) and the current labels through
-``env.unwrapped.labels``; it adds the cross-entropy of the ResNet's prediction under the sampled
+``env.unwrapped.privileged_labels()``; it adds the cross-entropy of the ResNet's prediction under the sampled
 action. That forward (with gradients) also gives the sampled action's predictions, which the env
-scores as they are (``step(sampled, baseline=greedy, prediction=...)``), so only the greedy
+scores as they are (``step_with_baseline(sampled, greedy, prediction=...)``), so only the greedy
 baseline costs the env a forward of its own. Curriculum learning steps
-``step(sampled, baseline=greedy)``, which scores both actions in one ResNet forward.
+``step_with_baseline(sampled, greedy)``, which scores both actions in one ResNet forward.
 
 Networks run under bf16 autocast where the device computes bf16 natively (CUDA; CPUs with
 AVX-512-BF16 or AMX), with fp32 weights and optimiser state; ``precision="fp32"`` keeps fp32.
@@ -180,11 +180,11 @@ def train_step(
                 with torch.no_grad():
                     baseline_prediction = base.resnet(images, greedy).argmax(1)
         base.resnet.eval()  # the env's own forwards and every test walk use the running statistics
-        loss_extra = F.cross_entropy(logits.float(), base.labels)
+        loss_extra = F.cross_entropy(logits.float(), base.privileged_labels())
         prediction = logits.detach().argmax(1)  # the env scores these instead of a forward of its own
     # Without predictions, the greedy baseline is scored in the same ResNet forward as the sampled action.
-    _, reward, _, _, info = env.step(
-        sampled, baseline=greedy, prediction=prediction, baseline_prediction=baseline_prediction
+    _, reward, _, _, info = env.step_with_baseline(
+        sampled, greedy, prediction=prediction, baseline_prediction=baseline_prediction
     )
     reward_greedy = info["baseline_reward"]
     loss, entropy = reinforce_loss(

@@ -32,8 +32,10 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
     * ``reset(options={"index": idx})`` with ``num_envs`` indices shows those images (to walk the
       test split in order);
     * ``score(keep)`` returns the (num_envs,) rewards that ``keep`` would get on the current images;
-      ``step(actions, baseline=keep)`` also scores ``keep`` on the same images in the same
-      forward (``info["baseline_reward"]``).
+      ``step_with_baseline(actions, keep)`` steps and also scores ``keep`` on the same images in the
+      same forward (``info["baseline_reward"]``);
+    * ``privileged_labels()`` gives the current images' labels, for supervised terms and
+      evaluation (not for acting).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -63,9 +65,10 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         """The env's ResNet (frozen, eval mode), for agents that need its gradients or features."""
         return self.task.resnet
 
-    @property
-    def labels(self) -> Tensor:
-        """Labels of the current images (evaluation and finetuning read them; agents should not)."""
+    def privileged_labels(self) -> Tensor:
+        """The labels of the current images (num_envs,) on the device: privileged information, not
+        part of the observation. For supervised terms (the BlockDrop agent's joint finetuning adds
+        the ResNet's cross-entropy) and for evaluation; an agent that acts must not read them."""
         self._require_images()
         return self.task.labels[self._indices]
 
@@ -111,7 +114,7 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
     def evaluate(self, keep: Any) -> Outcome:
         """The full outcome (reward, prediction, ...) of ``keep`` on the current images."""
         images = self._require_images()
-        return self.task.outcome(images, self.task.labels[self._indices], self._check(keep))
+        return self.task.outcome(images, self.privileged_labels(), self._check(keep))
 
     def _check(self, keep: Any) -> Tensor:
         return as_keep_mask(keep, (self.num_envs,), self.num_blocks, self.device)
@@ -120,40 +123,43 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         """Rewards (num_envs,) that ``keep`` would get on the current images; nothing advances."""
         return self.evaluate(keep).reward
 
-    def step(
+    def step(self, actions: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Score ``actions`` on the current images and show the next ones (``SAME_STEP`` autoreset)."""
+        images, labels = self._require_images(), self.privileged_labels()
+        out = self.task.outcome(images, labels, self._check(actions))
+        return self._advance(out, labels, {})
+
+    def step_with_baseline(
         self,
         actions: Any,
+        baseline: Any,
         *,
-        baseline: Any = None,
         prediction: Tensor | None = None,
         baseline_prediction: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
-        """Score ``actions`` on the current images and show the next ones.
+        """``step(actions)``, also scoring ``baseline``, another (num_envs, K) action, on the same
+        images: its rewards in ``info["baseline_reward"]``. A self-critical agent's greedy action:
+        both are scored in one ResNet forward, the blocks they share before their first difference
+        run once per image.
 
-        ``baseline``: another (num_envs, K) action scored on the same images in the same ResNet
-        forward, its rewards in ``info["baseline_reward"]`` (a self-critical agent's greedy
-        action: one forward of 2 x num_envs images instead of two).
         ``prediction``: the (num_envs,) classes ``env.resnet`` predicts under ``actions`` on the
         current images, when the agent ran that forward itself (joint finetuning runs it with
         gradients for the cross-entropy); the env then scores them without a forward of its own.
         ``baseline_prediction``: the same for ``baseline``.
         """
-        images = self._require_images()
-        labels = self.task.labels[self._indices]
-        keep = self._check(actions)
-        if baseline_prediction is not None and baseline is None:
-            raise ValueError("baseline_prediction is the prediction of a baseline action: pass baseline too")
-        if baseline is None or prediction is not None or baseline_prediction is not None:
-            out = self.task.outcome(images, labels, keep, prediction)
-            if baseline is not None:
-                baseline_reward = self.task.outcome(images, labels, self._check(baseline), baseline_prediction).reward
-        else:
-            both = self.task.outcome(images, labels, torch.stack([keep, self._check(baseline)]))
+        images, labels = self._require_images(), self.privileged_labels()
+        keep, other = self._check(actions), self._check(baseline)
+        if prediction is None and baseline_prediction is None:
+            both = self.task.outcome(images, labels, torch.stack([keep, other]))
             out, baseline_reward = Outcome(*(field[0] for field in both)), both.reward[1]
-        info: dict[str, Any] = out.info(labels)
-        if baseline is not None:
-            info["baseline_reward"] = baseline_reward
-        info["index"] = self._indices
-        info["final_obs"] = self._images
+        else:
+            out = self.task.outcome(images, labels, keep, prediction)
+            baseline_reward = self.task.outcome(images, labels, other, baseline_prediction).reward
+        return self._advance(out, labels, {"baseline_reward": baseline_reward})
+
+    def _advance(
+        self, out: Outcome, labels: Tensor, extra: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        info: dict[str, Any] = {**out.info(labels), **extra, "index": self._indices, "final_obs": self._images}
         self._show(self.task.draw(self.num_envs, self._generator))  # SAME_STEP autoreset
         return self._images, out.reward, self._terminated, self._truncated, info

@@ -78,12 +78,12 @@ class CurriculumVectorWrapper(_Curriculum, gym.vector.VectorActionWrapper):
     def actions(self, actions: Any) -> Tensor:
         return as_keep_mask(actions, (self.num_envs,), self.num_blocks, self._device) | self.forced
 
-    def step(
-        self, actions: Any, *, baseline: Any = None, **predictions: Tensor | None
+    def step_with_baseline(
+        self, actions: Any, baseline: Any, **predictions: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
-        """``predictions``: ``prediction`` / ``baseline_prediction``, passed on (see the vector env)."""
-        baseline = None if baseline is None else self.actions(baseline)
-        return self.env.step(self.actions(actions), baseline=baseline, **predictions)
+        """The vector env's ``step_with_baseline`` with the forced blocks on in both actions;
+        ``predictions``: ``prediction`` / ``baseline_prediction``, passed on."""
+        return self.env.step_with_baseline(self.actions(actions), self.actions(baseline), **predictions)
 
     def score(self, keep: Any) -> Tensor:
         return self.env.score(self.actions(keep))

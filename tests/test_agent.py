@@ -189,7 +189,7 @@ def test_compiled_agent_acts_and_trains_like_the_eager_one(env_kwargs):
 def test_finetuning_batch_norm_frozen_or_in_train_mode(env_kwargs, finetune_bn):
     env = BlockDropVectorEnv(num_envs=8, split="train", augment=False, penalty=-5.0, precision="fp32", **env_kwargs)
     trained_like(env.resnet, seed=2)
-    images, labels = env.reset(seed=0)[0].clone(), env.labels.clone()
+    images, labels = env.reset(seed=0)[0].clone(), env.privileged_labels().clone()
     agent = BlockDropAgent(device="cpu", precision="fp32")
     config = ReinforceConfig(lr=1e-3, beta=0.0, finetune=True, finetune_bn=finetune_bn)
     optimizer = make_optimizer(agent, env, config)

@@ -305,3 +305,17 @@ def test_a_misspelt_reset_option_is_refused(env_kwargs):
     for env in (BlockDropEnv(**env_kwargs), BlockDropVectorEnv(num_envs=2, **env_kwargs)):
         with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['idx'\]"):
             env.reset(options={"idx": 3})
+
+
+def test_stock_vector_wrappers_stack_on_the_native_vector_env(env_kwargs):
+    """``step(actions)`` is Gymnasium's own; the two-action scoring has its own name."""
+    from blockdrop_env.wrappers import CurriculumVectorWrapper
+
+    native = CurriculumVectorWrapper(BlockDropVectorEnv(4, **env_kwargs), 1)
+    venv = gym.wrappers.vector.TransformReward(native, lambda reward: 2 * reward)
+    venv.reset(seed=0)
+    _, reward, terminated, _, info = venv.step(torch.zeros(4, 15, dtype=torch.bool))
+    assert terminated.all() and torch.equal(info["blocks_kept"], torch.full((4,), 14))
+    assert torch.equal(reward, 2 * torch.where(info["correct"], 1 - (14 / 15) ** 2, -1.0).float())
+    _, _, _, _, info = venv.unwrapped.step_with_baseline(torch.ones(4, 15), torch.ones(4, 15))
+    assert torch.equal(info["baseline_reward"], torch.where(info["correct"], 0.0, -1.0))

@@ -150,7 +150,7 @@ def test_stacked_actions_score_as_separate_ones(env_kwargs):
     env.reset(seed=0)
     _, a = random_batch(8, seed=1)
     _, b = random_batch(8, seed=2, keep_rate=0.3)
-    both = env.task.outcome(env.images, env.labels, torch.stack([a, b]))
+    both = env.task.outcome(env.images, env.privileged_labels(), torch.stack([a, b]))
     for i, keep in enumerate((a, b)):
         single = env.evaluate(keep)
         for name, field in single._asdict().items():
@@ -163,7 +163,7 @@ def test_step_scores_the_baseline_in_the_same_forward(env_kwargs):
     _, sampled = random_batch(8, seed=1)
     greedy = torch.zeros(8, 15, dtype=torch.bool)  # the wrapper forces the first 12 blocks on
     expected_sampled, expected_greedy = env.score(sampled), env.score(greedy)
-    next_images, reward, _, _, info = env.step(sampled, baseline=greedy)
+    next_images, reward, _, _, info = env.step_with_baseline(sampled, greedy)
     assert torch.equal(info["final_obs"], images) and not torch.equal(next_images, images)
     assert torch.equal(reward, expected_sampled) and torch.equal(info["baseline_reward"], expected_greedy)
     assert "baseline_reward" not in env.step(sampled)[4]
@@ -211,8 +211,8 @@ def test_two_action_step_keeps_the_stacked_forwards_rewards(env_kwargs, decided)
     assert env.task.predict.shares_prefix
     images, _ = env.reset(seed=0)
     keep, other = curriculum_pair(64, 15, decided)
-    paired = env.task.outcome(images, env.labels, torch.stack([keep, other]))
+    paired = env.task.outcome(images, env.privileged_labels(), torch.stack([keep, other]))
     stacked = env.task.predict(torch.cat([images, images]), torch.cat([keep, other])).view(2, -1)
     assert torch.equal(paired.prediction, stacked)
-    _, reward, _, _, info = env.step(keep, baseline=other)
+    _, reward, _, _, info = env.step_with_baseline(keep, other)
     assert torch.equal(reward, paired.reward[0]) and torch.equal(info["baseline_reward"], paired.reward[1])

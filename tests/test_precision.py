@@ -106,7 +106,7 @@ def test_one_forward_finetuning_equals_the_two_forward_form(env_kwargs):
     agent = BlockDropAgent(device="cpu", precision="fp32")
     config = ReinforceConfig(lr=0.0, beta=0.0, finetune=True)  # lr 0: the step leaves the weights as they are
     optimizer = make_optimizer(agent, env, config)
-    images, labels = env.images.clone(), env.labels.clone()
+    images, labels = env.images.clone(), env.privileged_labels().clone()
 
     generator = torch.Generator().manual_seed(3)
     scored, predict = [], env.task.predict
