@@ -210,11 +210,22 @@ def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     }
 
 
+CURRICULUM_ONLY = ("batch_size", "lr", "penalty", "beta", "entropy", "curriculum_step")
+FINETUNE_ONLY = ("finetune_batch_size", "finetune_lr", "lr_decay_at", "finetune_penalty", "finetune_bn")
+
+
+def unused_by_plan(args: Args) -> list[str]:
+    """Arguments of a stage the run does not have: they change nothing it trains (a curriculum-only
+    run resumes under new finetuning defaults)."""
+    names = [name for name, _ in stages(args)]
+    return [*(() if "curriculum" in names else CURRICULUM_ONLY), *(() if "finetune" in names else FINETUNE_ONLY)]
+
+
 def check_resume(args: Args, state: dict) -> None:
     """Refuse a resume whose arguments differ from the run's (see the module docstring)."""
     # Runs from before the validation split trained on all 50,000 images and walked the test split.
     saved = {"train_split": "trainval", "eval_split": "test", **state["args"]}
-    differ = resume_mismatch(saved, asdict(args), RESUME_MAY_CHANGE)
+    differ = resume_mismatch(saved, asdict(args), RESUME_MAY_CHANGE + unused_by_plan(args))
     require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
     plan, done = stages(args), state["epoch"]
     total = sum(e for _, e in plan)

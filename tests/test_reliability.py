@@ -221,3 +221,16 @@ def test_a_diverging_pretraining_stops_with_an_error_and_saves_no_checkpoint(tmp
     with pytest.raises(UsageError, match="diverged in epoch 1"):
         pretrain_resnet.main(args)
     assert not (tmp_path / "r.pt").exists()
+
+
+def test_a_curriculum_run_resumes_under_other_finetuning_settings(tmp_path, env_kwargs):
+    first = train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1, finetune_penalty=-10)
+    train_blockdrop.main(first)
+    summary = train_blockdrop.main(
+        train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=2, finetune_penalty=-2, resume=True)
+    )
+    assert summary["epoch"] == 2
+    with pytest.raises(UsageError, match="--penalty: -1.0 -> -2"):
+        train_blockdrop.main(
+            train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=3, penalty=-2, resume=True)
+        )
