@@ -79,6 +79,7 @@ def autocast(device: torch.device, precision: Precision = "auto") -> torch.autoc
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
+@functools.cache  # registered once, however often it is called
 def one_thread_in_forked_children() -> None:
     """Make every process forked from this one run torch on one CPU thread.
 
@@ -89,12 +90,8 @@ def one_thread_in_forked_children() -> None:
     when ``blockdrop_env`` is imported; spawned processes (Ray, ``spawn``, ``forkserver``) are not
     affected.
     """
-    if hasattr(os, "register_at_fork") and not _fork_handler_registered:
+    if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_one_thread)
-        globals()["_fork_handler_registered"] = True
-
-
-_fork_handler_registered = False
 
 
 def _one_thread() -> None:

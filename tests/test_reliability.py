@@ -167,20 +167,28 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
         load_resnet(tmp_path / "r32.pt")
 
 
+TRAIN, PRETRAIN = "experiments.train_blockdrop", "experiments.pretrain_resnet"
+
+
 @pytest.mark.parametrize(
-    "argv, match",
+    "script, argv, match",
     [
-        (["--lr", "inf"], "--lr must be a finite number"),
-        (["--beta", "inf"], "--beta must be a finite number"),
-        (["--curriculum-step", "inf"], "--curriculum-step must be a finite number"),
-        (["--seed", "-1"], "--seed must be >= 0"),
-        (["--penalty=-inf"], "a finite number float32 holds"),
-        (["--penalty=-1e39"], "a finite number float32 holds"),
+        (TRAIN, ["--lr", "inf"], "--lr must be a finite number"),
+        (TRAIN, ["--beta", "inf"], "--beta must be a finite number"),
+        (TRAIN, ["--curriculum-step", "inf"], "--curriculum-step must be a finite number"),
+        (TRAIN, ["--seed", "-1"], "--seed must be >= 0"),
+        (TRAIN, ["--penalty=-inf"], "a finite number float32 holds"),
+        (TRAIN, ["--penalty=-1e39"], "a finite number float32 holds"),
+        (PRETRAIN, ["--lr", "inf"], "--lr must be a finite number"),
+        (PRETRAIN, ["--momentum", "-1"], "--momentum must lie in"),
+        (PRETRAIN, ["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+        (PRETRAIN, ["--label-smoothing", "2"], "--label-smoothing must lie in"),
     ],
 )
-def test_bad_training_arguments_fail_in_one_line_before_any_work(tmp_path, argv, match):
+def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path, script, argv, match):
+    out = tmp_path / "run" / ("r.pt" if script == PRETRAIN else "")
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.train_blockdrop", "--out", str(tmp_path / "run"), *argv],
+        [sys.executable, "-m", script, "--out", str(out), *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -189,27 +197,6 @@ def test_bad_training_arguments_fail_in_one_line_before_any_work(tmp_path, argv,
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and match in result.stderr
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize(
-    "argv, match",
-    [
-        (["--lr", "inf"], "--lr must be a finite number"),
-        (["--momentum", "-1"], "--momentum must lie in"),
-        (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
-        (["--label-smoothing", "2"], "--label-smoothing must lie in"),
-    ],
-)
-def test_bad_pretraining_arguments_fail_in_one_line_before_any_work(tmp_path, argv, match):
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.pretrain_resnet", "--out", str(tmp_path / "r" / "r.pt"), *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr and match in result.stderr
-    assert not (tmp_path / "r").exists()
 
 
 def test_a_diverging_pretraining_stops_with_an_error_and_saves_no_checkpoint(tmp_path, synthetic_dir):
