@@ -4,6 +4,7 @@
     from agents.classifier import BlockDropClassifier
     model = BlockDropClassifier.load("r32-in16-finetune-p2-cpu")
     logits, keep = model.classify(images)  # uint8 (B, 3, 32, 32); keep: the blocks each image ran
+    program = model.export()                # torch.export, for deployment: torch.export.save(program, "a.pt2")
 
 Unlike the masked forward of training (every residual computed, then selected), a dropped block
 costs nothing here: each block runs on the images that keep it alone (at batch 1: it runs or it is
@@ -12,17 +13,44 @@ skipped), so the FLOPs the policy saves can show up as time saved.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from blockdrop_env.checkpoint import load_resnet
 from blockdrop_env.resnet import CifarResNet
 
 from .policy import PolicyNet
 from .pretrained import load_policy
+
+
+def fold_batch_norm(module: nn.Module) -> nn.Module:
+    """Fold every batch norm that follows a convolution in an ``nn.Sequential`` into that
+    convolution's weights and bias, in place (eval-mode arithmetic, equal up to rounding). The
+    deployed form: one op fewer per convolution, and what ``torch.export`` needs, as batch norm
+    cannot be traced on a batch whose size depends on the data (the images that keep a block)."""
+    for sequence in module.modules():
+        if isinstance(sequence, nn.Sequential):
+            for i in range(len(sequence) - 1):
+                conv, norm = sequence[i], sequence[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    sequence[i], sequence[i + 1] = fuse_conv_bn_eval(conv.eval(), norm.eval()), nn.Identity()
+    return module
+
+
+class _LogitsAndKeep(nn.Module):
+    """``classify`` as a module's forward, the form ``torch.export`` traces."""
+
+    def __init__(self, classifier: BlockDropClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.classifier.classify(images)
 
 
 class BlockDropClassifier(nn.Module):
@@ -72,13 +100,35 @@ class BlockDropClassifier(nn.Module):
         self.check_images(images)
         keep = self.decide(images)
         x = self.resnet.stem(self.resnet.normalize(images))
-        for k, block in enumerate(self.resnet.blocks):
-            x = block.forward_gathered(x, keep[:, k])  # the block runs on its keepers alone
+        if len(images) == 1 and not torch.compiler.is_exporting():
+            # One image: each block runs or is skipped, read with one host synchronisation.
+            for block, kept in zip(self.resnet.blocks, keep[0].tolist(), strict=True):
+                x = block(x) if kept else block.shortcut(x)
+        else:
+            for k, block in enumerate(self.resnet.blocks):
+                x = block.forward_gathered(x, keep[:, k])  # the block runs on its keepers alone
         return self.resnet.fc(F.adaptive_avg_pool2d(x, 1).flatten(1)), keep
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits (B, classes) of uint8 images (B, 3, 32, 32)."""
         return self.classify(images)[0]
+
+    def folded(self) -> BlockDropClassifier:
+        """A copy with the batch norms folded into the convolutions (:func:`fold_batch_norm`)."""
+        return fold_batch_norm(copy.deepcopy(self))
+
+    def export(self, max_batch: int = 4096) -> torch.export.ExportedProgram:
+        """The folded classifier as a ``torch.export`` program mapping uint8 images (B, 3, 32, 32),
+        any B up to ``max_batch``, to ``(logits, keep)``; the skipping stays data-dependent (each
+        block runs on the images that keep it). Save it with ``torch.export.save(program, path)``,
+        run it with ``torch.export.load(path).module()(images)``."""
+        if max_batch < 2:
+            raise ValueError(f"max_batch must be >= 2; got {max_batch}")
+        device = next(self.parameters()).device
+        example = torch.zeros(2, 3, 32, 32, dtype=torch.uint8, device=device)
+        batch = torch.export.Dim("batch", min=1, max=max_batch)
+        with torch.no_grad():
+            return torch.export.export(_LogitsAndKeep(self.folded()), (example,), dynamic_shapes=({0: batch},))
 
     def flops(self, keep: Tensor) -> Tensor:
         """FLOPs per image (B,) of classifying with ``keep``: the policy's and the blocks run."""

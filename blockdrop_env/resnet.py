@@ -83,10 +83,11 @@ class BasicBlock(nn.Module):
         """``forward(x, keep)`` computing the residual only for the images with ``keep`` set."""
         shortcut = self.shortcut(x)
         kept = keep.nonzero().squeeze(1)  # host synchronisation: the kept count sizes the batch
-        if len(kept) == 0:
-            return shortcut
-        if len(kept) == len(keep):
-            return F.relu(shortcut + self.residual(x))
+        if not torch.compiler.is_exporting():  # an exported program keeps the count symbolic: no branch
+            if len(kept) == 0:
+                return shortcut
+            if len(kept) == len(keep):
+                return F.relu(shortcut + self.residual(x))
         return shortcut.index_put((kept,), F.relu(shortcut[kept] + self.residual(x[kept])))
 
 

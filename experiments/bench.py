@@ -18,6 +18,9 @@ Where the default precision is not fp32 (CPUs with native bf16), the step, curri
 and pretraining figures are measured in fp32 too (``precision="fp32"``).
 Agreement: the test split under the same actions (every block; 9 of 15 at random) through the
 plain and each optimised forward: the share of identical rewards and the accuracy of each.
+Deploy: the shipped agents as classifiers beside the shipped static ResNets (``experiments.deploy``):
+accuracy, FLOPs, batch-1 latency and throughput, each as a ratio to the full ResNet; ``deploy.png``
+plots accuracy against FLOPs and against latency.
 ``--sections`` picks and orders what is measured after the reference.
 Writes ``bench.json`` and ``bench.md``, rewritten after every figure: a run cut off (the GPU
 machine's time limit) keeps the figures it finished, marked incomplete.
@@ -38,16 +41,18 @@ import torch
 
 from agents.baselines import FullPolicy, RandomK
 from agents.evaluation import Evaluation, evaluate, make_eval_env
+from agents.pretrained import list_policies, policy_path
 from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import DEFAULTS, make_algorithm
-from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata
-from blockdrop_env.data import random_crop_flip
+from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata, shipped_depths
+from blockdrop_env.data import load_cifar, random_crop_flip
 from blockdrop_env.device import Precision, resolve_device, training_dtype
 from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, FusedKernels, MaskedPredictor
 from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper
+from experiments import deploy
 from experiments.cli import DataArgs, check_device, check_writable, flag, require, require_positive, run
 from experiments.pretrain_resnet import sgd_step
 
@@ -62,7 +67,7 @@ TRPO_VARIANTS: tuple[dict[str, object], ...] = (
     {"sub_sampling_factor": 1, "cg_max_steps": 15, "n_critic_updates": 10},
 )
 
-Section = Literal["forward", "step", "pair", "curriculum", "finetune", "pretrain", "sb3", "agreement"]
+Section = Literal["forward", "step", "pair", "curriculum", "finetune", "pretrain", "sb3", "agreement", "deploy"]
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Args(DataArgs):
         "pretrain",
         "sb3",
         "agreement",
+        "deploy",
     )
     """What to measure after the reference, in this order (a time-boxed run can do the cheap ones first)."""
     reference_batch: int | None = None
@@ -103,6 +109,15 @@ class Args(DataArgs):
     """Images of the timed curriculum epoch; default 50,000 (the paper's epoch) on CUDA, 10,000 on the CPU."""
     agreement_limit: int | None = None
     """Test images of the agreement check (default: all 10,000)."""
+    deploy_agents: tuple[str, ...] | None = None
+    """Agents of the deploy section (shipped names or agent.pt files); default: every shipped one."""
+    deploy_depths: tuple[int, ...] | None = None
+    """Static ResNets of the deploy section (shipped depths); default: every shipped one. The
+    ResNet-32 and each agent's depth are always measured: the ratios are taken to them."""
+    latency_images: int = 1000
+    """Test images classified one at a time for the batch-1 latency percentiles."""
+    throughput_batches: tuple[int, ...] = (64, 256)
+    """Batches of the deploy section's throughput (each a pass over the whole test split)."""
     out: Path = Path("runs/bench")
     """Folder for bench.json and bench.md (rewritten after every figure, so a run cut off keeps its
     figures); the committed results live under results/bench/, each with its command."""
@@ -228,6 +243,7 @@ class Report:
         self.out, self.device = args.out, device
         self.rows: list[dict] = []
         self.agreement: list[dict] = []
+        self.deploy: list[dict] = []
         self.failures = Failures(on_failure=self.save)
         cuda = device.type == "cuda"
         self.header = {
@@ -264,6 +280,7 @@ class Report:
             "complete": complete,
             "rows": self.rows,
             "agreement": self.agreement,
+            "deploy": self.deploy,
             "failures": self.failures,
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else None,
             **self.header,
@@ -307,6 +324,10 @@ def markdown(result: dict) -> str:
             f"{100 * (a['accuracy'] - a['accuracy_plain']):+.2f} points |"
             for a in result["agreement"]
         ]
+    if result["deploy"]:
+        title = "Deployed classifiers on the test split (batch norms folded; speed-ups against the reference):"
+        lines += ["", title, ""]
+        lines += [deploy.markdown(result["deploy"])]
     if result["failures"]:
         lines += ["", "Failed (the rows above are unaffected):", ""] + [f"- {f}" for f in result["failures"]]
     return "\n".join(lines)
@@ -317,10 +338,16 @@ def check_args(args: Args) -> None:
     seconds = args.min_seconds
     require(math.isfinite(seconds) and seconds > 0, f"--min-seconds must be a finite number > 0; got {seconds}")
     batches = ("reference_batch", "agent_batch", "finetune_batch", "pretrain_batch")
-    require_positive(args, *batches, "sb3_steps", "epoch_images", "agreement_limit")
-    for name in ("env_batches", "compiled_batches"):
+    require_positive(args, *batches, "sb3_steps", "epoch_images", "agreement_limit", "latency_images")
+    for name in ("env_batches", "compiled_batches", "throughput_batches"):
         values = getattr(args, name) or ()
         require(all(v >= 1 for v in values), f"{flag(name)} must be positive batch sizes; got {values}")
+    if "deploy" in args.sections:
+        shipped = shipped_depths()
+        depths = args.deploy_depths or ()
+        require(set(depths) <= set(shipped), f"--deploy-depths must be among the shipped {shipped}; got {depths}")
+        for name in args.deploy_agents or ():
+            policy_path(name)  # an unknown name or a missing file is refused here, naming what exists
 
 
 def main(args: Args) -> dict:
@@ -492,6 +519,20 @@ def main(args: Args) -> dict:
         variants += [ForwardOptions.for_device(device, fused=k) for k in ("one", "two")] if cuda else []
         agreement(args, variants, report.failures, on_row=report.add_agreement)
 
+    def deploy_section() -> None:
+        agents = args.deploy_agents if args.deploy_agents is not None else tuple(list_policies())
+        models = [deploy.shipped_agent(name, device) for name in agents]
+        depths = set(args.deploy_depths or shipped_depths()) | {deploy.STATIC_REFERENCE_DEPTH}
+        models = [deploy.static_resnet(d, device) for d in sorted(depths | {m.depth for m in models})] + models
+        images, labels = (t.to(device) for t in load_cifar("test", args.data_dir))
+        rows = []
+        for model in models:
+            rows.append(deploy.measure(model, images, labels, args.latency_images, args.throughput_batches))
+            print(f"deploy: {model.name} measured", flush=True)
+        report.deploy = deploy.with_ratios(rows)
+        deploy.plot(report.deploy, args.out / "deploy.png")
+        report.save()
+
     sections: dict[str, Callable[[], None]] = {
         "forward": forward_section,
         "step": step_section,
@@ -503,6 +544,7 @@ def main(args: Args) -> dict:
             measure_sb3(a, o) for a, o in [("ppo", {}), ("a2c", {})] + [("trpo", v) for v in TRPO_VARIANTS]
         ],
         "agreement": agreement_section,
+        "deploy": deploy_section,
     }
     for section in args.sections:
         sections[section]()

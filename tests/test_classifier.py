@@ -58,3 +58,42 @@ def test_load_takes_a_training_runs_checkpoint(tmp_path):
     model = BlockDropClassifier.load(tmp_path / "agent.pt")
     assert isinstance(model.resnet, CifarResNet) and model.policy.input_size == 16
     assert all(torch.equal(v, finetuned.state_dict()[k]) for k, v in model.resnet.state_dict().items())
+
+
+def test_folding_batch_norm_keeps_the_logits_and_export_keeps_the_predictions(tmp_path):
+    torch.manual_seed(0)
+    model = BlockDropClassifier(trained_like(PolicyNet(15), seed=2), trained_like(resnet32(), seed=0))
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    logits, keep = model.classify(images)
+    folded = model.folded()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    folded_logits, folded_keep = folded.classify(images)
+    assert torch.equal(folded_keep, keep) and torch.allclose(folded_logits, logits, atol=1e-4)
+    assert 0 < keep.float().mean() < 1  # some blocks skipped, some run: the data-dependent path is exercised
+
+    torch.export.save(model.export(max_batch=64), tmp_path / "classifier.pt2")
+    exported = torch.export.load(tmp_path / "classifier.pt2").module()
+    with torch.no_grad():
+        for batch in (images[:1], images[1:2], images):  # batch 1 (a block runs on 0 or 1 image) and 24
+            exported_logits, exported_keep = exported(batch)
+            logits, keep = model.classify(batch)
+            assert torch.equal(exported_keep, keep)
+            assert torch.allclose(exported_logits, logits, atol=1e-4)
+    with pytest.raises(ValueError, match="max_batch must be >= 2"):
+        model.export(max_batch=1)
+
+
+@requires_real_data
+@pytest.mark.slow
+def test_the_exported_shipped_agent_predicts_as_the_classifier_on_real_test_images():
+    from blockdrop_env.data import load_cifar
+
+    model = BlockDropClassifier.load("r32-in16-finetune-p2-cpu")
+    exported = model.export().module()
+    images = load_cifar("test")[0][:1000]
+    with torch.no_grad():
+        logits, keep = exported(images)
+    expected_logits, expected_keep = model.classify(images)
+    assert torch.equal(keep, expected_keep)
+    assert torch.equal(logits.argmax(1), expected_logits.argmax(1))

@@ -254,6 +254,8 @@ def test_bench_smoke(tmp_path, env_kwargs):
             sb3_steps=32,
             epoch_images=20,
             compile=None,  # the compiled path is checked in tests/test_inference.py
+            deploy_agents=("r32-in16-finetune-p2-cpu",),
+            deploy_depths=(20,),
             out=tmp_path,
             data_dir=str(env_kwargs["data_dir"]),
             checkpoint=env_kwargs["checkpoint"],
@@ -297,6 +299,37 @@ def test_bench_smoke(tmp_path, env_kwargs):
     assert "Incomplete" not in (tmp_path / "bench.md").read_text()
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"] == rows and saved["complete"] is True
+
+
+def test_bench_deploy_section_measures_agents_beside_the_static_resnets_they_are_compared_with(tmp_path, env_kwargs):
+    from experiments import bench
+
+    args = bench.Args(
+        device="cpu",
+        sections=("deploy",),
+        reference_batch=8,
+        min_seconds=0.01,
+        deploy_agents=("r32-in16-finetune-p2-cpu",),
+        deploy_depths=(20,),
+        latency_images=5,
+        throughput_batches=(4, 16),
+        out=tmp_path,
+        data_dir=str(env_kwargs["data_dir"]),
+        checkpoint=env_kwargs["checkpoint"],
+    )
+    rows = {r["name"]: r for r in bench.main(args)["deploy"]}
+    assert list(rows) == ["ResNet-20", "ResNet-32", "r32-in16-finetune-p2-cpu"]  # the ResNet-32: the reference
+    full, agent, small = rows["ResNet-32"], rows["r32-in16-finetune-p2-cpu"], rows["ResNet-20"]
+    assert set(full["speedup"].values()) == {1.0}
+    assert agent["reference"] == small["reference"] == 32 and agent["latency_images"] == 5
+    assert small["speedup"]["flops"] == full["flops"] / small["flops"] > 1
+    assert 0 < agent["flops"] < full["flops"] and 0 <= agent["accuracy"] <= 1
+    for row in rows.values():
+        for threads in ("1 thread", "all threads"):
+            assert 0 < row[f"latency {threads}"]["p50_ms"] <= row[f"latency {threads}"]["p90_ms"]
+        assert row["throughput batch 4"] > 0 and row["throughput batch 16"] > 0
+    assert "| r32-in16-finetune-p2-cpu |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "deploy.png").stat().st_size > 0
 
 
 def test_bench_run_cut_off_keeps_the_figures_it_finished(tmp_path, env_kwargs, monkeypatch):
