@@ -33,6 +33,7 @@ class Deployed:
     kind: str  # "agent" or "static"
     depth: int  # of the ResNet it runs (an agent: the one it drops blocks of)
     classify: Callable[[Tensor], tuple[Tensor, Tensor]]
+    decide: Callable[[Tensor], object] | None = None  # an agent's policy alone: where its time goes
 
     @property
     def reference_depth(self) -> int:
@@ -58,7 +59,7 @@ def shipped_agent(name: str, device: torch.device) -> Deployed:
         logits, keep = model.classify(images)
         return logits, model.flops(keep)
 
-    return Deployed(name, "agent", model.resnet.depth, classify)
+    return Deployed(name, "agent", model.resnet.depth, classify, model.decide)
 
 
 def sync(device: torch.device) -> None:
@@ -72,20 +73,22 @@ def batches(images: Tensor, labels: Tensor, size: int) -> Iterator[tuple[Tensor,
 
 
 @torch.inference_mode()
-def latency_ms(model: Deployed, images: Tensor, threads: int | None = None, warmup: int = 20) -> Tensor:
-    """Milliseconds of classifying each image alone (batch 1), in order, with ``threads`` CPU
-    threads (None: as set). The decision and the host synchronisation it needs are included."""
+def latency_ms(
+    call: Callable[[Tensor], object], images: Tensor, threads: int | None = None, warmup: int = 20
+) -> Tensor:
+    """Milliseconds of ``call`` on each image alone (batch 1), in order, with ``threads`` CPU
+    threads (None: as set). For a classifier: the decision and its host synchronisation included."""
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         for image in images[:warmup]:
-            model.classify(image[None])
+            call(image[None])
         sync(images.device)
         times = []
         for image in images:
             t0 = time.perf_counter()
-            model.classify(image[None])
+            call(image[None])
             sync(images.device)
             times.append(time.perf_counter() - t0)
     finally:
@@ -126,8 +129,12 @@ def measure(
     row: dict = {"name": model.name, "kind": model.kind, "depth": model.depth, "reference": model.reference_depth}
     threads = {"1 thread": 1, "all threads": None} if images.device.type == "cpu" else {"": None}
     for label, count in threads.items():
-        ms = latency_ms(model, images[:latency_images], count)
+        ms = latency_ms(model.classify, images[:latency_images], count)
         row[f"latency {label}".strip()] = {"p50_ms": ms.median().item(), "p90_ms": ms.quantile(0.9).item()}
+        if model.decide is not None:
+            row[f"policy latency {label}".strip()] = (
+                latency_ms(model.decide, images[:latency_images], count).median().item()
+            )
     row["latency_images"] = min(latency_images, len(images))
     for batch in throughput_batches:
         measured = accuracy_and_throughput(model, images, labels, batch)
@@ -177,6 +184,16 @@ def markdown(rows: list[dict]) -> str:
         for key in throughput_keys:
             cells += [f"{r[key]:,.0f}", f"{s[key]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    agents = [r for r in rows if r["kind"] == "agent"]
+    if agents:  # where an agent's batch-1 time goes: its policy, and the blocks it runs
+        lines += ["", "| agent | " + " | ".join(f"policy p50 {k[8:]} (ms, share)" for k in latency_keys) + " |"]
+        lines.append("|---|" + "---|" * len(latency_keys))
+        for r in agents:
+            cells = [r["name"]]
+            for key in latency_keys:
+                policy = r[f"policy {key}"]
+                cells.append(f"{policy:.2f} ({100 * policy / r[key]['p50_ms']:.0f}%)")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
