@@ -27,3 +27,13 @@ def test_readme_sb3_example_trains_and_evaluates(capsys):
     exec(compile(example("Stable-Baselines3"), "README.md", "exec"), namespace)
     assert namespace["model"].num_timesteps >= 2048
     assert "'accuracy':" in capsys.readouterr().out  # the evaluation's summary
+
+
+@requires_real_data
+def test_readme_classifier_example_classifies(capsys):
+    namespace: dict = {}
+    exec(compile(example("The BlockDrop agent"), "README.md", "exec"), namespace)
+    logits, keep = namespace["logits"], namespace["keep"]
+    assert logits.shape == (8, 10) and keep.shape == (8, 15) and 0 < keep.sum(1).min() < 15
+    assert (logits.argmax(1) == namespace["labels"][:8]).float().mean() >= 0.5  # a trained classifier
+    assert capsys.readouterr().out.strip()
