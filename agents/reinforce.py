@@ -47,7 +47,8 @@ EntropyBonus = Literal["bernoulli", "authors"]
 "authors" (default): ``-s'_k log s'_k`` summed over all K blocks, as the authors'
 ``cl_training.py`` computes it. That term peaks at s' = 1/e, i.e. s = 0.28 with alpha 0.8, so it
 pulls every block, forced ones included, toward being dropped by the greedy policy: a drop prior
-the published runs had, and the better curriculum agent in our CPU comparison (README).
+the published runs had, and the better curriculum agent in our CPU comparison (docs/RESULTS.md,
+"The entropy bonus").
 "bernoulli": the entropy of Bernoulli(s'_k) summed over the blocks the policy decides (the
 textbook bonus); it pulls each decided s'_k toward 1/2.
 """

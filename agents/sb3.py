@@ -56,9 +56,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "a2c": {"n_steps": 1, "learning_rate": 7e-4, "gamma": 0.0, "gae_lambda": 1.0, "ent_coef": 0.0},
     # sb3-contrib's TRPO differentiates the KL once per parameter tensor of the ResNet-8 trunk and
-    # runs its conjugate gradient through it: at its defaults 2-7 env steps/s on 2 CPU cores. Its
-    # step from every 8th sample, 5 CG iterations and 3 critic epochs run at ~1/4 of PPO's speed
-    # (python -m experiments.bench --sections sb3; docs/RESULTS.md says what they cost in learning).
+    # runs its conjugate gradient through it, which makes its own defaults many times slower than
+    # PPO here: its step from every 8th sample, 5 CG iterations and 3 critic epochs cut that
+    # (measured by `python -m experiments.bench --sections sb3`; what they cost in learning and
+    # the figures: docs/RESULTS.md, "TRPO on the CPU").
     "trpo": {
         "n_steps": 4,
         "batch_size": 256,

@@ -20,23 +20,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from .wrappers import MultiDiscreteKeep
+
+__all__ = ["CONV_FILTERS", "MultiDiscreteKeep", "make_rllib_env"]
+
 # RLlib's default CNN filters are for 64x64 or larger images: 32 -> 16 -> 8 -> 1 for CIFAR.
 CONV_FILTERS = [[16, [3, 3], 2], [32, [3, 3], 2], [64, [8, 8], 1]]
-
-
-class MultiDiscreteKeep(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
-    """The keep mask as ``MultiDiscrete([2] * K)`` instead of ``MultiBinary(K)``: the same actions
-    in a space that libraries without MultiBinary (RLlib) support."""
-
-    def __init__(self, env: gym.Env) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self)  # so that gym.make can remake it from its spec
-        gym.ActionWrapper.__init__(self, env)
-        if not isinstance(env.action_space, gym.spaces.MultiBinary):
-            raise TypeError(f"MultiDiscreteKeep wraps a MultiBinary action space; got {env.action_space}")
-        self.action_space = gym.spaces.MultiDiscrete([2] * int(env.action_space.n))
-
-    def action(self, action: np.ndarray) -> np.ndarray:
-        return np.asarray(action, dtype=np.int8)
 
 
 def make_rllib_env(env_id: str = "BlockDrop-CIFAR10-R32", **env_kwargs: Any) -> gym.Env:

@@ -1,6 +1,6 @@
-"""Curriculum learning as wrappers: the agent decides only the last ``decided`` blocks, the
-earlier ones are forced on, so any agent (the BlockDrop agent, SB3 algorithms) can train under the
-paper's curriculum."""
+"""Wrappers. Curriculum learning: the agent decides only the last ``decided`` blocks, the earlier
+ones are forced on, so any agent (the BlockDrop agent, SB3 algorithms) can train under the paper's
+curriculum. ``MultiDiscreteKeep``: the keep mask in a space libraries without ``MultiBinary`` take."""
 
 from __future__ import annotations
 
@@ -90,3 +90,18 @@ class CurriculumVectorWrapper(_Curriculum, gym.vector.VectorActionWrapper):
 
     def evaluate(self, keep: Any):
         return self.env.evaluate(self.actions(keep))
+
+
+class MultiDiscreteKeep(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
+    """The keep mask as ``MultiDiscrete([2] * K)`` instead of ``MultiBinary(K)``: the same actions
+    in a space that libraries without ``MultiBinary`` support (RLlib, skrl)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)  # so that gym.make can remake it from its spec
+        gym.ActionWrapper.__init__(self, env)
+        if not isinstance(env.action_space, gym.spaces.MultiBinary):
+            raise TypeError(f"MultiDiscreteKeep wraps a MultiBinary action space; got {env.action_space}")
+        self.action_space = gym.spaces.MultiDiscrete([2] * int(env.action_space.n))
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        return np.asarray(action, dtype=np.int8)
