@@ -89,3 +89,19 @@ def test_the_zoo_hyperparameters_are_the_sb3_defaults_for_both_env_ids():
             k: v for k, v in DEFAULTS[name].items() if k != "n_steps"
         }
     assert ppo.hyperparams["BlockDrop-CIFAR10-R32"]["n_steps"] * 16 == DEFAULTS["ppo"]["batch_size"]
+
+
+def test_gymnasiums_async_vector_env_steps_real_images_with_forked_workers():
+    from blockdrop_env.checkpoint import DEFAULT_CHECKPOINT
+    from blockdrop_env.data import find_dataset
+
+    from .test_env import ASYNC_SCRIPT
+
+    data_dir = find_dataset("cifar10").parent
+    proc = subprocess.run(
+        [sys.executable, "-c", ASYNC_SCRIPT, str(data_dir), str(DEFAULT_CHECKPOINT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "stepped", proc.stderr[-2000:]
