@@ -114,9 +114,11 @@ def find_dataset(dataset: str = "cifar10", data_dir: str | os.PathLike | None = 
     tried = []
     for place in candidate_dirs(data_dir):
         for folder in (place / layout.folder, place):
-            tried.append(folder)
-            if all((folder / f).is_file() for f in layout.train_files + layout.test_files):
+            missing = [f for f in layout.train_files + layout.test_files if not (folder / f).is_file()]
+            if not missing:
                 return folder
+            partial = len(missing) < len(layout.train_files + layout.test_files)
+            tried.append(f"{folder} (lacks {', '.join(missing)})" if partial else str(folder))
     if download:
         from torchvision import datasets
 

@@ -62,6 +62,20 @@ def test_missing_data_lists_every_place_tried(tmp_path, monkeypatch):
     assert "BLOCKDROP_DATA_DIR" in message and "download=True" in message
 
 
+def test_a_missing_batch_file_is_named(tmp_path):
+    import shutil
+
+    from .conftest import write_cifar10
+
+    folder = write_cifar10(tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py \(lacks data_batch_3\)"):
+        find_dataset(data_dir=tmp_path)
+    shutil.rmtree(folder)  # nothing there at all: the folder alone is listed
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py\n"):
+        find_dataset(data_dir=tmp_path)
+
+
 @pytest.mark.parametrize(
     "corruption, match",
     [
