@@ -5,6 +5,7 @@ arguments differ from the run's)."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import signal
@@ -115,7 +116,9 @@ def check_writable(folder: Path) -> None:
     """Create ``folder`` and write a file in it, or raise a UsageError: an output that cannot be
     written fails before the work, not after."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            _created_folders.add(folder.resolve())
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
@@ -146,6 +149,7 @@ def resume_mismatch(saved: dict[str, str], current: dict[str, Any], may_change: 
 
 LOCK_FILE = ".lock"
 _held_locks: dict[Path, int] = {}  # folder -> open descriptor holding its lock, for the process's life
+_created_folders: set[Path] = set()  # output folders this process made (removed at exit if left empty)
 
 
 def lock_folder(folder: Path) -> Path:
@@ -155,10 +159,13 @@ def lock_folder(folder: Path) -> Path:
     The lock is an ``flock`` on the file: the system releases it when its process ends, however it
     ends (a killed run leaves no stale lock behind). Take it before touching anything in the folder.
     """
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     key = folder.resolve()
     if key in _held_locks:
         return folder / LOCK_FILE
+    if created:
+        _created_folders.add(key)
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -177,6 +184,19 @@ def lock_folder(folder: Path) -> Path:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held_locks[key] = fd
     return path
+
+
+@atexit.register
+def _remove_created_folders_left_empty() -> None:
+    """At exit, an output folder this process created and left holding only its lock goes (a run
+    refused after taking the lock leaves nothing behind)."""
+    for folder in _created_folders:
+        try:
+            if {entry.name for entry in folder.iterdir()} <= {LOCK_FILE}:
+                (folder / LOCK_FILE).unlink(missing_ok=True)
+                folder.rmdir()
+        except OSError:
+            pass
 
 
 def release_folder(folder: Path) -> None:

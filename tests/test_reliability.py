@@ -43,6 +43,26 @@ def test_a_folder_locked_by_a_live_process_is_refused_naming_it(tmp_path):
     release_folder(tmp_path / "out")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["experiments.train_blockdrop", "--resume"],  # no checkpoint to resume
+        ["experiments.evaluate", "--policy", "nope"],  # no such agent
+    ],
+)
+def test_a_run_refused_after_taking_its_lock_leaves_no_empty_folder(argv, tmp_path):
+    out = tmp_path / "new" / "out"
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for folder in (out, existing):
+        proc = subprocess.run(
+            [sys.executable, "-m", *argv, "--out", str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
+    assert not out.exists() and (tmp_path / "new").is_dir()  # the folder it made goes; its parent stays
+    assert existing.is_dir()  # a folder the user had stays
+
+
 def test_two_training_runs_into_one_folder_the_second_is_refused(tmp_path, env_kwargs):
     args = train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1)
     holder = subprocess.Popen(
