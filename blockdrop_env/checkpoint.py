@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -43,9 +44,44 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+CHECKSUM_KEY = "sha256"
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's contents (tensors by dtype, shape and bytes; containers and plain
+    values by type and value), equal before ``torch.save`` and after ``torch.load``."""
+    digest = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            digest.update(f"D{len(x)}".encode())
+            for key, value in x.items():
+                feed(key)
+                feed(value)
+        elif isinstance(x, list | tuple):
+            digest.update(f"L{type(x).__name__}{len(x)}".encode())
+            for value in x:
+                feed(value)
+        elif isinstance(x, bytes):
+            digest.update(b"B" + x)
+        else:
+            digest.update(f"S{type(x).__name__}:{x!r}".encode())
+
+    feed(obj)
+    return digest.hexdigest()
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash never leaves a
-    half-written file where a good one was."""
+    half-written file where a good one was. A dict gets the SHA-256 of its contents under
+    ``CHECKSUM_KEY``, which :func:`load_checkpoint` checks: a file damaged on disk is refused."""
+    if isinstance(obj, dict):
+        body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}  # a re-saved checkpoint gets a new one
+        obj = {**body, CHECKSUM_KEY: content_digest(body)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -128,7 +164,7 @@ def save_resnet(path: str | os.PathLike, model: CifarResNet, **meta: Any) -> Non
 
 def load_checkpoint(path: str | os.PathLike, required: str = "state_dict", kind: str = "checkpoint") -> dict[str, Any]:
     """A checkpoint dict (tensors and plain data only), with clear errors for a missing,
-    unreadable or foreign file (one without the ``required`` key)."""
+    unreadable, damaged (checksum) or foreign file (one without the ``required`` key)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} {path} does not exist")
@@ -138,6 +174,9 @@ def load_checkpoint(path: str | os.PathLike, required: str = "state_dict", kind:
         raise CheckpointError(f"{kind} {path} cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or required not in ckpt:
         raise CheckpointError(f"{path} is not a {kind} (no '{required}')")
+    expected = ckpt.pop(CHECKSUM_KEY, None)  # files written before checksums have none
+    if expected is not None and content_digest(ckpt) != expected:
+        raise CheckpointError(f"{kind} {path} is damaged: its contents do not match the checksum saved with them")
     return ckpt
 
 

@@ -40,6 +40,24 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
         load_resnet(tmp_path / "none.pt")
 
 
+def test_a_bit_flipped_in_the_weights_is_caught_by_the_checksum(tmp_path):
+    from blockdrop_env.checkpoint import CHECKSUM_KEY, CheckpointError, load_checkpoint
+
+    torch.manual_seed(0)
+    model = resnet32()
+    save_resnet(tmp_path / "r.pt", model, test_accuracy=0.5)
+    assert CHECKSUM_KEY not in load_checkpoint(tmp_path / "r.pt")  # checked, then dropped
+    data = bytearray((tmp_path / "r.pt").read_bytes())
+    weights = model.fc.weight.detach().numpy().tobytes()
+    at = data.find(weights)
+    assert at > 0
+    data[at + 5] ^= 0x10  # one bit of one weight: the file still unpickles
+    (tmp_path / "r.pt").write_bytes(bytes(data))
+    assert torch.load(tmp_path / "r.pt", weights_only=True)["state_dict"]["fc.weight"].ne(model.fc.weight).sum() == 1
+    with pytest.raises(CheckpointError, match="is damaged: its contents do not match the checksum"):
+        load_resnet(tmp_path / "r.pt")
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "keep.pt"
     atomic_save({"v": 1}, path)
@@ -50,7 +68,9 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
 
     with pytest.raises(RuntimeError, match="boom"):
         atomic_save({"v": Unpicklable()}, path)
-    assert torch.load(path) == {"v": 1}
+    from blockdrop_env.checkpoint import load_checkpoint
+
+    assert load_checkpoint(path, required="v") == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["keep.pt"]
 
 
