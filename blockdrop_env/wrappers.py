@@ -15,11 +15,12 @@ from torch import Tensor
 from .task import as_keep_mask
 
 
-def curriculum_decided(epoch: int, num_blocks: int, step: float = 1.0) -> int:
+def curriculum_decided(epoch: float, num_blocks: int, step: float = 1.0) -> int:
     """Blocks the agent decides in ``epoch`` (from 0): the last ``min(K, max(1, floor(step * (epoch + 1))))``.
 
     ``step`` is the number of blocks unlocked per epoch (1 in the paper; 0.1 unlocks one every
-    ten epochs).
+    ten epochs). The one curriculum schedule of the package: ``experiments.compare`` passes a
+    fractional ``epoch``, its progress in env steps.
     """
     if step <= 0:
         raise ValueError(f"curriculum step must be positive; got {step}")

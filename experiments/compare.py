@@ -49,7 +49,7 @@ from blockdrop_env.checkpoint import atomic_save, atomic_write_text, load_checkp
 from blockdrop_env.device import resolve_device, training_dtype
 from blockdrop_env.sb3 import SB3VecEnv
 from blockdrop_env.vector_env import BlockDropVectorEnv
-from blockdrop_env.wrappers import CurriculumVectorWrapper
+from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments import comparison_stats, sweep
 from experiments.cli import (
     DataArgs,
@@ -257,9 +257,10 @@ def load_resume(path: Path, args: Args) -> dict | None:
 
 
 def decided_at(env_steps: int, args: Args, num_blocks: int) -> int:
-    """Blocks the agent decides after ``env_steps`` under the compare curriculum."""
+    """Blocks the agent decides after ``env_steps`` under the compare curriculum: one block more
+    every ``1 / K`` of the curriculum's span (``curriculum_fraction`` of the run)."""
     span = max(1.0, args.curriculum_fraction * args.env_steps)
-    return min(num_blocks, 1 + math.floor(num_blocks * env_steps / span))
+    return curriculum_decided(num_blocks * env_steps / span, num_blocks)
 
 
 class Recorder:
