@@ -100,8 +100,9 @@ class BlockDropClassifier(nn.Module):
         self.check_images(images)
         keep = self.decide(images)
         x = self.resnet.stem(self.resnet.normalize(images))
-        if len(images) == 1 and not torch.compiler.is_exporting():
-            # One image: each block runs or is skipped, read with one host synchronisation.
+        # One image: each block runs or is skipped, read with one host synchronisation. (Not when
+        # exporting, which is asked first: testing the length would fix the exported batch size.)
+        if not torch.compiler.is_exporting() and len(images) == 1:
             for block, kept in zip(self.resnet.blocks, keep[0].tolist(), strict=True):
                 x = block(x) if kept else block.shortcut(x)
         else:
