@@ -30,6 +30,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU does not), so that a
+    clock read after it times the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def check_precision(precision: str) -> Precision:
     """``precision`` if it is one of :data:`Precision`, else a ValueError saying what is."""
     if precision not in get_args(Precision):

@@ -46,7 +46,7 @@ from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, tr
 from agents.sb3 import DEFAULTS, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata, shipped_depths
 from blockdrop_env.data import load_cifar, random_crop_flip
-from blockdrop_env.device import Precision, resolve_device, training_dtype
+from blockdrop_env.device import Precision, resolve_device, synchronize, training_dtype
 from blockdrop_env.inference import PLAIN, CompileMode, ForwardOptions, FusedKernels, MaskedPredictor
 from blockdrop_env.resnet import CifarResNet
 from blockdrop_env.sb3 import SB3VecEnv
@@ -127,18 +127,13 @@ class Args(DataArgs):
 
 def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) -> float:
     """Seconds per call of ``fn``: one warm-up call, then repeats for at least ``min_seconds``."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     fn()
-    sync()
+    synchronize(device)
     calls, t0 = 0, time.perf_counter()
     while True:
         fn()
         calls += 1
-        sync()
+        synchronize(device)
         elapsed = time.perf_counter() - t0
         if elapsed >= min_seconds:
             return elapsed / calls

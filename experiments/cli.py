@@ -116,9 +116,7 @@ def check_writable(folder: Path) -> None:
     """Create ``folder`` and write a file in it, or raise a UsageError: an output that cannot be
     written fails before the work, not after."""
     try:
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            _created_folders.add(folder.resolve())
+        make_folder(folder)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
@@ -159,13 +157,10 @@ def lock_folder(folder: Path) -> Path:
     The lock is an ``flock`` on the file: the system releases it when its process ends, however it
     ends (a killed run leaves no stale lock behind). Take it before touching anything in the folder.
     """
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     key = folder.resolve()
     if key in _held_locks:
         return folder / LOCK_FILE
-    if created:
-        _created_folders.add(key)
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -184,6 +179,14 @@ def lock_folder(folder: Path) -> Path:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held_locks[key] = fd
     return path
+
+
+def make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, remembering a folder this process created so
+    that it goes at exit if left empty."""
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        _created_folders.add(folder.resolve())
 
 
 @atexit.register

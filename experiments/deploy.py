@@ -20,6 +20,7 @@ from torch import Tensor
 
 from agents.classifier import BlockDropClassifier, fold_batch_norm
 from blockdrop_env.checkpoint import load_resnet
+from blockdrop_env.device import synchronize
 from experiments.plotting import plt, save_plot
 
 STATIC_REFERENCE_DEPTH = 32
@@ -62,11 +63,6 @@ def shipped_agent(name: str, device: torch.device) -> Deployed:
     return Deployed(name, "agent", model.resnet.depth, classify, model.decide)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def batches(images: Tensor, labels: Tensor, size: int) -> Iterator[tuple[Tensor, Tensor]]:
     for start in range(0, len(images), size):
         yield images[start : start + size], labels[start : start + size]
@@ -84,12 +80,12 @@ def latency_ms(
     try:
         for image in images[:warmup]:
             call(image[None])
-        sync(images.device)
+        synchronize(images.device)
         times = []
         for image in images:
             t0 = time.perf_counter()
             call(image[None])
-            sync(images.device)
+            synchronize(images.device)
             times.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(before)
@@ -101,14 +97,14 @@ def accuracy_and_throughput(model: Deployed, images: Tensor, labels: Tensor, bat
     """One timed pass over ``images`` in batches of ``batch`` (after one warm-up batch): images/s,
     accuracy and mean FLOPs per image."""
     model.classify(images[:batch])
-    sync(images.device)
+    synchronize(images.device)
     correct, flops = torch.zeros((), device=images.device), torch.zeros((), dtype=torch.float64, device=images.device)
     t0 = time.perf_counter()
     for x, y in batches(images, labels, batch):
         logits, image_flops = model.classify(x)
         correct += (logits.argmax(1) == y).sum()
         flops += image_flops.sum()
-    sync(images.device)
+    synchronize(images.device)
     seconds = time.perf_counter() - t0
     return {
         "images_per_s": len(images) / seconds,
