@@ -41,6 +41,13 @@ statistics stay; "train": as the authors' ``finetune.py``, train mode in the tra
 statistics in the forwards of the sampled and the greedy action, running averages updated by
 both), eval mode in every test walk."""
 
+FinetuneForward = Literal["masked", "kept"]
+"""How the ResNet's forward in joint finetuning treats dropped blocks. "masked" (default): every
+residual is computed and the dropped ones are masked out, as the authors' ``finetune.py`` did;
+"kept": each block runs on the images that keep it alone (gather, compute, scatter), so the work
+follows the blocks kept, and with batch norm in train mode a block's batch statistics come from
+the images that use it. See docs/RESULTS.md for the measured speed and accuracy of each."""
+
 EntropyBonus = Literal["bernoulli", "authors"]
 """How the exploration bonus is computed from the bounded probabilities s'.
 
@@ -70,6 +77,8 @@ class ReinforceConfig:
     """Train the env's ResNet too, with the cross-entropy under the sampled action."""
     finetune_bn: FinetuneBatchNorm = "frozen"
     """Batch norm of the ResNet in finetuning; see :data:`FinetuneBatchNorm`."""
+    finetune_forward: FinetuneForward = "masked"
+    """Forward of the ResNet in finetuning; see :data:`FinetuneForward`."""
 
 
 def bounded(probs: Tensor, alpha: float) -> Tensor:
@@ -174,12 +183,13 @@ def train_step(
     loss_extra, prediction, baseline_prediction = torch.zeros((), device=base.device), None, None
     if config.finetune:
         batch_stats = config.finetune_bn == "train"
+        gather_below = 2.0 if config.finetune_forward == "kept" else 0.0  # above 1: every block gathers
         base.resnet.train(batch_stats)
         with agent.autocast():
-            logits = base.resnet(images, sampled)
+            logits = base.resnet(images, sampled, gather_below=gather_below)
             if batch_stats:  # the greedy action under batch statistics too, as the authors ran it
                 with torch.no_grad():
-                    baseline_prediction = base.resnet(images, greedy).argmax(1)
+                    baseline_prediction = base.resnet(images, greedy, gather_below=gather_below).argmax(1)
         base.resnet.eval()  # the env's own forwards and every test walk use the running statistics
         loss_extra = F.cross_entropy(logits.float(), base.privileged_labels())
         prediction = logits.detach().argmax(1)  # the env scores these instead of a forward of its own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import os
 import platform
 import subprocess
@@ -75,6 +76,13 @@ def content_digest(obj: Any) -> str:
     return digest.hexdigest()
 
 
+def _naming(error: BaseException, path: Path) -> BaseException:
+    """A write error that says which file it was writing (a write to a file object names none)."""
+    if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+        return OSError(error.errno, error.strerror, str(path))
+    return error
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash never leaves a
     half-written file where a good one was. A dict gets the SHA-256 of its contents under
@@ -82,19 +90,23 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     if isinstance(obj, dict):
         body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}  # a re-saved checkpoint gets a new one
         obj = {**body, CHECKSUM_KEY: content_digest(body)}
+    # Serialised in memory first: torch.save into a file that cannot grow (a full disk) fails with
+    # an opaque RuntimeError, a plain write with the OSError that says so.
+    data = io.BytesIO()
+    torch.save(obj, data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise _naming(e, path) from e
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -107,9 +119,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise _naming(e, path) from e
 
 
 def machine_description() -> str:

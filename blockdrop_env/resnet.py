@@ -197,9 +197,10 @@ class CifarResNet(nn.Module):
         first = features[: len(keep)]
         return torch.stack([first, first.index_copy(0, forked, features[len(keep) :])])
 
-    def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
-        """Class logits (B, num_classes), or the features when the classifier is dropped."""
-        return self.fc(self.features(images, keep))
+    def forward(self, images: Tensor, keep: Tensor | None = None, gather_below: float = 0.0) -> Tensor:
+        """Class logits (B, num_classes), or the features when the classifier is dropped
+        (``gather_below``: see :meth:`features`)."""
+        return self.fc(self.features(images, keep, gather_below))
 
     def flops(self, keep: Tensor | None = None) -> Tensor:
         """FLOPs per image of running the blocks in ``keep`` (B, K); None: the full network."""

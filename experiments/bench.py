@@ -34,6 +34,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -42,7 +43,7 @@ import torch
 from agents.baselines import FullPolicy, RandomK
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import list_policies, policy_path
-from agents.reinforce import BlockDropAgent, ReinforceConfig, make_optimizer, train_step
+from agents.reinforce import BlockDropAgent, FinetuneForward, ReinforceConfig, make_optimizer, train_step
 from agents.sb3 import DEFAULTS, make_algorithm
 from blockdrop_env.checkpoint import atomic_write_text, load_resnet, run_metadata, shipped_depths
 from blockdrop_env.data import load_cifar, random_crop_flip
@@ -443,15 +444,35 @@ def main(args: Args) -> dict:
         images = steps * agent_batch
         record(f"BlockDrop curriculum epoch of {images:,} images, timed{how}", seconds, "s", images / seconds)
 
-    def measure_finetune(precision: Precision) -> None:
-        agent = BlockDropAgent(device=device, precision=precision)
-        env = BlockDropVectorEnv(args.finetune_batch, split="train", penalty=-10.0, precision=precision, **common)
+    def measure_finetune(precision: Precision, depth: int) -> None:
+        """Joint finetuning steps with the dropped blocks masked (computed, then discarded) and not run
+        at all, under a policy whose greedy action keeps a third, then three quarters, of the blocks."""
+        checkpoint = args.checkpoint if depth == 32 else None  # --checkpoint is a ResNet-32
+        batch = args.finetune_batch
+        env = BlockDropVectorEnv(
+            batch, split="train", depth=depth, checkpoint=checkpoint, penalty=-10.0, precision=precision, **data
+        )
         env.reset(seed=0)
-        config = ReinforceConfig(lr=1e-4, beta=0.0, finetune=True)
-        optimizer = make_optimizer(agent, env, config)
-        seconds = timed(lambda: train_step(agent, env, optimizer, config, generator), device, args.min_seconds)
-        name = f"BlockDrop finetuning step, batch {args.finetune_batch}{in_words[precision]}"
-        record(name, 1 / seconds, "steps/s", args.finetune_batch / seconds)
+        k = env.num_blocks
+        for kept in (k // 3, 3 * k // 4):
+            what, how = f"ResNet-{depth}, greedy keeps {kept} of {k} blocks, batch {batch}", in_words[precision]
+            rates = {}
+            for forward in get_args(FinetuneForward):
+                agent = BlockDropAgent(num_blocks=k, device=device, precision=precision)
+                with torch.no_grad():  # keep probabilities 0.9 on the first `kept` blocks, 0.1 on the rest
+                    agent.policy.keep_head.weight.zero_()
+                    agent.policy.keep_head.bias.copy_(torch.where(torch.arange(k) < kept, 2.2, -2.2))
+                config = ReinforceConfig(
+                    lr=1e-4, beta=0.0, finetune=True, finetune_bn="train", finetune_forward=forward
+                )
+                optimizer = make_optimizer(agent, env, config)
+                step = partial(train_step, agent, env, optimizer, config, generator)
+                seconds = timed(step, device, args.min_seconds)
+                rates[forward] = 1 / seconds
+                record(f"BlockDrop finetuning step, {what}, {forward}{how}", 1 / seconds, "steps/s", batch / seconds)
+            record(
+                f"BlockDrop finetuning, {what}: kept blocks only, speed-up", rates["kept"] / rates["masked"], "x", 0.0
+            )
 
     def measure_pretrain(precision: Precision) -> None:
         """An SGD step of ``experiments.pretrain_resnet`` on the ResNet-32 (augmentation included)."""
@@ -533,7 +554,7 @@ def main(args: Args) -> dict:
         "step": step_section,
         "pair": lambda: [measure_pair(depth) for depth in (32, 110)],
         "curriculum": curriculum_section,
-        "finetune": lambda: [measure_finetune(precision) for precision in precisions],
+        "finetune": lambda: [measure_finetune(precision, depth) for precision in precisions for depth in (32, 110)],
         "pretrain": lambda: [measure_pretrain(precision) for precision in precisions],
         "sb3": lambda: [
             measure_sb3(a, o) for a, o in [("ppo", {}), ("a2c", {})] + [("trpo", v) for v in TRPO_VARIANTS]

@@ -6,6 +6,7 @@ arguments differ from the run's)."""
 from __future__ import annotations
 
 import atexit
+import errno
 import math
 import os
 import signal
@@ -24,6 +25,9 @@ from blockdrop_env.data import CifarFormatError, find_dataset
 from blockdrop_env.device import resolve_device
 
 A = TypeVar("A")
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors of a full disk, a quota, or a file-size limit: a one-line error, not a traceback."""
 
 
 class UsageError(ValueError):
@@ -48,6 +52,16 @@ def run(main: Callable[[A], Any], args_type: type[A], module: str, doc: str | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(
+            f"error: could not write {e.filename or 'an output file'} ({e.strerror}). Outputs are written "
+            "whole or not at all: the files from the last completed write are intact. Free some space and "
+            "run again (with --resume where the script has it, to continue from the last checkpoint)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
 
 
 def require(condition: bool, message: str) -> None:
@@ -81,6 +95,16 @@ def require_penalty(args: object, *names: str) -> None:
 
 
 FLOAT32_MIN = -3.4028234663852886e38
+
+
+SEED_LIMIT = 2**32
+"""Seeds lie in [0, 2**32): numpy's global seeding (which SB3 uses) takes 32 bits."""
+
+
+def require_seed(name: str, *seeds: int) -> None:
+    """Each seed is an integer in [0, 2**32)."""
+    for seed in seeds:
+        require(0 <= seed < SEED_LIMIT, f"{flag(name)} must lie in [0, 2**32); got {seed}")
 
 
 def require_finite(args: object, *names: str) -> None:
@@ -121,6 +145,12 @@ def check_writable(folder: Path) -> None:
             pass
     except OSError as e:
         raise UsageError(f"cannot write to {folder}: {e.strerror or e}") from e
+
+
+def check_writable_file(path: Path, name: str = "out") -> None:
+    """:func:`check_writable` for the folder of an output file, which must not be a folder itself."""
+    require(not path.is_dir(), f"{flag(name)} names a file to write; {path} is a folder: give a file path in it")
+    check_writable(path.parent)
 
 
 def refuse_overwrite(paths: Iterable[Path], resume: bool, overwrite: bool) -> None:

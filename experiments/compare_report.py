@@ -20,11 +20,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import tyro
 
 from blockdrop_env.checkpoint import atomic_write_text, run_metadata
+from experiments import comparison_stats
 from experiments.cli import UsageError, check_writable, require, run
-from experiments.compare import write_report
+from experiments.plotting import save_plot
 
 
 @dataclass
@@ -35,6 +38,82 @@ class Args:
     """Folder of the report."""
     bootstrap_reps: int = 2000
     """Bootstrap resamples of the confidence intervals."""
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} +- {np.std(values):.4f}"
+
+
+def table(results: list[dict], algorithms: tuple[str, ...]) -> str:
+    lines = [
+        "| algorithm | seeds | test reward | accuracy (%) | blocks kept | GFLOPs | train s | env steps/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for algo in algorithms:
+        rs = [r for r in results if r["algorithm"] == algo]
+        if not rs:
+            continue
+        f = [r["final"] for r in rs]
+        lines.append(
+            f"| {algo} | {len(rs)} | {mean_std([x['reward_mean'] for x in f])} "
+            f"| {np.mean([100 * x['accuracy'] for x in f]):.2f} +- {np.std([100 * x['accuracy'] for x in f]):.2f} "
+            f"| {np.mean([x['blocks_mean'] for x in f]):.2f} +- {np.std([x['blocks_mean'] for x in f]):.2f} "
+            f"| {np.mean([x['flops_mean'] / 1e9 for x in f]):.4f} "
+            f"| {np.mean([r['train_seconds'] for r in rs]):.1f} "
+            f"| {np.mean([r['env_steps_per_second'] for r in rs]):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: list[dict], algorithms: tuple[str, ...], heuristics: list[dict], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo in algorithms:
+        rs = [r for r in results if r["algorithm"] == algo]
+        if rs:
+            steps = [p["env_steps"] for p in rs[0]["curve"]]
+            rewards = np.array([[p["reward_mean"] for p in r["curve"]] for r in rs])
+            ax.errorbar(steps, rewards.mean(0), yerr=rewards.std(0), marker="o", ms=3, capsize=2, label=algo)
+    save_plot(fig, ax, "env steps", "test reward (greedy)", out / "reward_vs_env_steps.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for prefix, style in (("FirstK", "o-"), ("RandomK", "s-")):
+        pts = [h for h in heuristics if h["name"].startswith(prefix)]
+        if not pts:
+            continue
+        ax.plot(
+            [h["blocks_mean"] for h in pts], [100 * h["accuracy"] for h in pts], style, ms=3, label=prefix, alpha=0.6
+        )
+    for algo in algorithms:
+        f = [r["final"] for r in results if r["algorithm"] == algo]
+        if f:
+            ax.scatter([x["blocks_mean"] for x in f], [100 * x["accuracy"] for x in f], s=30, label=algo, zorder=3)
+    save_plot(fig, ax, "blocks kept (mean)", "test accuracy (%)", out / "accuracy_vs_blocks.png")
+
+
+def write_report(
+    results: list[dict], algorithms: tuple[str, ...], heuristics: list[dict], out: Path, reps: int
+) -> dict:
+    """Write ``table.md`` (mean +- std), ``statistics.md`` (IQM with intervals, probability of
+    improvement), ``iqm_reward.png`` and the plots of :func:`plots` for ``results`` grouped by their
+    "algorithm" (in the order of ``algorithms``) into ``out``; print the tables; return the
+    statistics as the summaries record them."""
+    md = table(results, algorithms)
+    (out / "table.md").write_text(md)
+    scores = {a: np.array([r["final"]["reward_mean"] for r in results if r["algorithm"] == a]) for a in algorithms}
+    iqm = comparison_stats.iqm_intervals(scores, reps)
+    improvement = comparison_stats.improvement_probabilities(scores, reps)
+    stats_md = comparison_stats.markdown(scores, iqm, improvement)
+    (out / "statistics.md").write_text(stats_md)
+    comparison_stats.plot(iqm, out / "iqm_reward.png")
+    plots(results, algorithms, heuristics, out)
+    print(md)
+    print(stats_md)
+    return {
+        "iqm": {a: dict(zip(("point", "low", "high"), v, strict=True)) for a, v in iqm.items()},
+        "probability_of_improvement": [
+            {"x": x, "y": y, "point": p, "low": lo, "high": hi} for (x, y), (p, lo, hi) in improvement.items()
+        ],
+    }
 
 
 def finished_runs(folder: Path) -> list[dict]:

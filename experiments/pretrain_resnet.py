@@ -3,7 +3,10 @@
 Data and augmentation stay on the device, bf16 autocast on CUDA and on CPUs with native bf16
 (``--precision fp32`` to train in fp32), SGD with Nesterov momentum under
 a one-cycle schedule. The checkpoint is written atomically with its metadata; a resume file is
-written every epoch so that an interrupted run continues with ``--resume``.
+written every epoch so that a killed run continues with ``--resume``. Ctrl-C or SIGTERM saves the
+resume file after the step under way (mid-epoch too) and exits with one line saying how to
+continue; the continued run ends as an uninterrupted one. The folder of ``--out`` is locked while
+the run lasts: a second pretraining into it is refused.
 
     python -m experiments.pretrain_resnet --epochs 80 --out runs/pretrain/resnet32_cifar10.pt
 
@@ -33,14 +36,18 @@ from blockdrop_env.device import Precision, autocast, resolve_device
 from blockdrop_env.resnet import CifarResNet, predict
 from experiments.cli import (
     DataArgs,
+    Interrupted,
+    InterruptFlag,
     UsageError,
     check_device,
-    check_writable,
+    check_writable_file,
+    lock_folder,
     refuse_overwrite,
     remove_stale_temporaries,
     require,
     require_finite,
     require_positive,
+    require_seed,
     resume_mismatch,
     run,
 )
@@ -97,7 +104,7 @@ def check_args(args: Args) -> None:
     require(0 <= args.momentum < 1, f"--momentum must lie in [0, 1); got {args.momentum}")
     require(args.weight_decay >= 0, f"--weight-decay must be >= 0; got {args.weight_decay}")
     require(0 <= args.label_smoothing < 1, f"--label-smoothing must lie in [0, 1); got {args.label_smoothing}")
-    require(args.seed >= 0, f"--seed must be >= 0; got {args.seed}")
+    require_seed("seed", args.seed)
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
 
 
@@ -126,8 +133,9 @@ def main(args: Args) -> dict:
     check_args(args)
     check_device(args.device)
     resume_path = args.out.with_suffix(".resume.pt")
-    check_writable(args.out.parent)
+    check_writable_file(args.out)
     refuse_overwrite([args.out, resume_path], args.resume, args.overwrite)
+    lock_folder(args.out.parent)  # temporaries are cleaned up only under the lock
     for path in (args.out, resume_path):
         remove_stale_temporaries(path)
     state = None
@@ -165,65 +173,94 @@ def main(args: Args) -> dict:
     )
     generator = torch.Generator(device).manual_seed(args.seed)
 
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, start_step, elapsed, order, sums = 0, 0, 0.0, None, None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         start_epoch, elapsed = state["epoch"], state["elapsed"]
+        if state.get("step", 0):  # saved by an interrupt part-way through an epoch
+            start_step, order = state["step"], state["order"].to(device)
+            sums = [t.to(device) for t in state["sums"]]
 
-    writer = SummaryWriter(str(args.logdir or args.out.parent / "tb"))
-    bar = tqdm(
-        total=args.epochs * steps_per_epoch,
-        initial=start_epoch * steps_per_epoch,
-        desc=f"pretrain ResNet-{args.depth}",
-        unit="step",
-    )
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        order = torch.randperm(len(train_x), device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            x = random_crop_flip(train_x[idx], generator)
-            y = train_y[idx]
-            logits, loss = sgd_step(model, optimizer, x, y, args.precision, args.label_smoothing)
-            scheduler.step()
-            loss_sum += loss
-            correct += (logits.argmax(1) == y).sum()
-            bar.update()
-        elapsed += time.perf_counter() - t0
-        seen = steps_per_epoch * batch_size
-        stats = {"loss": (loss_sum / steps_per_epoch).item(), "accuracy": (correct / seen).item()}
-        if not (math.isfinite(stats["loss"]) and all(bool(torch.isfinite(p).all()) for p in model.parameters())):
-            kept = f"{resume_path} keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
-            raise UsageError(
-                f"training diverged in epoch {epoch + 1} (loss {stats['loss']}, or non-finite weights): {kept}. "
-                "Lower --lr"
-            )
-        writer.add_scalar("train/loss", stats["loss"], epoch + 1)
-        writer.add_scalar("train/accuracy", stats["accuracy"], epoch + 1)
-        writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
-        bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in stats.items()})
-        tqdm.write(
-            f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} "
-            f"train_acc {stats['accuracy']:.4f} time {elapsed:.0f}s"
-        )
+    def save_resume(epoch: int, step: int = 0, order: torch.Tensor | None = None, sums: list | None = None) -> None:
+        """The resume file: ``epoch`` epochs done, and ``step`` steps of the next (its image order and
+        running sums, so that it goes on exactly)."""
         atomic_save(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(),
-                "epoch": epoch + 1,
+                "epoch": epoch,
+                "step": step,
+                **({"order": order.cpu(), "sums": [t.cpu() for t in sums]} if step else {}),
                 "elapsed": elapsed,
                 "args": {k: str(v) for k, v in asdict(args).items()},
             },
             resume_path,
         )
+
+    how = "--resume (and the run's other arguments)"
+    continue_with = f"Continue with: python -m experiments.pretrain_resnet --out {args.out} {how}"
+    writer = SummaryWriter(str(args.logdir or args.out.parent / "tb"))
+    bar = tqdm(
+        total=args.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch + start_step,
+        desc=f"pretrain ResNet-{args.depth}",
+        unit="step",
+    )
+    with InterruptFlag() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            if order is None:
+                order = torch.randperm(len(train_x), device=device, generator=generator)
+                sums = [torch.zeros((), device=device), torch.zeros((), device=device)]  # loss, correct
+            loss_sum, correct = sums
+            for step in range(start_step, steps_per_epoch):
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                x = random_crop_flip(train_x[idx], generator)
+                y = train_y[idx]
+                logits, loss = sgd_step(model, optimizer, x, y, args.precision, args.label_smoothing)
+                scheduler.step()
+                loss_sum += loss
+                correct += (logits.argmax(1) == y).sum()
+                bar.update()
+                if stop.requested and step + 1 < steps_per_epoch:
+                    elapsed += time.perf_counter() - t0
+                    save_resume(epoch, step + 1, order, sums)
+                    bar.close()  # before the one line that says how to continue
+                    raise Interrupted(
+                        f"interrupted in epoch {epoch + 1} after {step + 1} steps; resume state saved in "
+                        f"{resume_path}. {continue_with}"
+                    )
+            start_step, order = 0, None
+            elapsed += time.perf_counter() - t0
+            seen = steps_per_epoch * batch_size
+            stats = {"loss": (loss_sum / steps_per_epoch).item(), "accuracy": (correct / seen).item()}
+            if not (math.isfinite(stats["loss"]) and all(bool(torch.isfinite(p).all()) for p in model.parameters())):
+                kept = f"{resume_path} keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
+                raise UsageError(
+                    f"training diverged in epoch {epoch + 1} (loss {stats['loss']}, or non-finite weights): {kept}. "
+                    "Lower --lr"
+                )
+            writer.add_scalar("train/loss", stats["loss"], epoch + 1)
+            writer.add_scalar("train/accuracy", stats["accuracy"], epoch + 1)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
+            bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in stats.items()})
+            tqdm.write(
+                f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} "
+                f"train_acc {stats['accuracy']:.4f} time {elapsed:.0f}s"
+            )
+            save_resume(epoch + 1)
+            if stop.requested and epoch + 1 < args.epochs:
+                writer.close()
+                bar.close()
+                raise Interrupted(
+                    f"interrupted after epoch {epoch + 1}; resume state saved in {resume_path}. {continue_with}"
+                )
     bar.close()
 
     model.eval()

@@ -42,6 +42,7 @@ from agents.reinforce import (
     BlockDropAgent,
     EntropyBonus,
     FinetuneBatchNorm,
+    FinetuneForward,
     ReinforceConfig,
     load_agent,
     make_optimizer,
@@ -67,6 +68,7 @@ from experiments.cli import (
     require_finite,
     require_penalty,
     require_positive,
+    require_seed,
     resume_mismatch,
     run,
 )
@@ -99,6 +101,10 @@ class Args(DataArgs, ForwardArgs):
     finetune_bn: FinetuneBatchNorm = "train"
     """Batch norm of the ResNet in finetuning: frozen (eval mode, the pretrained statistics), or train
     as the authors' finetune.py (batch statistics in training steps, running averages updated)."""
+    finetune_forward: FinetuneForward = "masked"
+    """ResNet forward in finetuning: masked (every block computed, the dropped ones masked out, as the
+    authors' finetune.py) or kept (each block runs on the images that keep it alone; less work, and
+    batch statistics from those images)."""
     alpha: float = 0.8
     """Bound of the exploration probabilities."""
     beta: float = 0.1
@@ -157,7 +163,7 @@ def check_args(args: Args) -> None:
     require_positive(args, "batch_size", "finetune_batch_size", "checkpoint_every", "eval_every", "stop_after", "limit")
     require_penalty(args, "penalty", "finetune_penalty")
     require_finite(args, "lr", "finetune_lr", "alpha", "beta", "curriculum_step", "lr_decay_at")
-    require(args.seed >= 0, f"--seed must be >= 0; got {args.seed}")
+    require_seed("seed", args.seed)
     require(0.5 < args.alpha <= 1, f"--alpha must lie in (0.5, 1] (1: no exploration bound); got {args.alpha}")
     require(args.beta >= 0, f"--beta must be >= 0; got {args.beta}")
     require(args.lr > 0 and args.finetune_lr > 0, "learning rates must be > 0")
@@ -211,7 +217,14 @@ def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 
 CURRICULUM_ONLY = ("batch_size", "lr", "penalty", "beta", "entropy", "curriculum_step")
-FINETUNE_ONLY = ("finetune_batch_size", "finetune_lr", "lr_decay_at", "finetune_penalty", "finetune_bn")
+FINETUNE_ONLY = (
+    "finetune_batch_size",
+    "finetune_lr",
+    "lr_decay_at",
+    "finetune_penalty",
+    "finetune_bn",
+    "finetune_forward",
+)
 
 
 def unused_by_plan(args: Args) -> list[str]:
@@ -224,7 +237,8 @@ def unused_by_plan(args: Args) -> list[str]:
 def check_resume(args: Args, state: dict) -> None:
     """Refuse a resume whose arguments differ from the run's (see the module docstring)."""
     # Runs from before the validation split trained on all 50,000 images and walked the test split.
-    saved = {"train_split": "trainval", "eval_split": "test", **state["args"]}
+    # Runs from before --finetune-forward computed every block (masked).
+    saved = {"train_split": "trainval", "eval_split": "test", "finetune_forward": "masked", **state["args"]}
     differ = resume_mismatch(saved, asdict(args), RESUME_MAY_CHANGE + unused_by_plan(args))
     require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
     plan, done = stages(args), state["epoch"]
@@ -361,6 +375,7 @@ def enter_stage(job: Training, name: str, state: dict | None) -> None:
         entropy=args.entropy,
         finetune=name == "finetune",
         finetune_bn=args.finetune_bn,
+        finetune_forward=args.finetune_forward,
     )
     job.optimizer = make_optimizer(job.agent, env, job.config)
     job.eval_env.task.penalty = env.unwrapped.task.penalty  # walk rewards on the stage's terms

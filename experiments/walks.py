@@ -22,7 +22,7 @@ import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from blockdrop_env.checkpoint import atomic_write_text
-from experiments.cli import check_writable, require, require_positive, run
+from experiments.cli import check_writable_file, require, require_positive, run
 
 COLUMNS = {  # TensorBoard tag (after "<split>/") -> (column heading, format of a value)
     "accuracy": ("{split} accuracy (%)", lambda v: f"{100 * v:.2f}"),
@@ -85,7 +85,7 @@ def main(args: Args) -> str:
     require(bool(args.runs), "name at least one run folder")
     require_positive(args, "every")
     if args.out is not None:
-        check_writable(args.out.parent)
+        check_writable_file(args.out)
     tables = []
     for folder in args.runs:
         split, walks = read_walks(folder, args.split)

@@ -20,7 +20,7 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.env import BlockDropEnv
-from blockdrop_env.resnet import predict
+from blockdrop_env.resnet import CifarResNet, predict
 from blockdrop_env.reward import blockdrop_reward
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, CurriculumWrapper, curriculum_decided
@@ -208,6 +208,46 @@ def test_finetuning_batch_norm_frozen_or_in_train_mode(env_kwargs, finetune_bn):
         for keep, reward in ((sampled, stats["reward"]), (greedy, stats["reward_greedy"])):
             correct = resnet_before(images, keep).argmax(1) == labels
             assert torch.equal(blockdrop_reward(correct, keep.sum(1), 15, -5.0), reward)
+
+
+def test_finetuning_on_kept_blocks_only_matches_the_masked_forward_under_frozen_batch_norm(env_kwargs):
+    # Frozen batch norm: a dropped block's residual gets no gradient in the masked forward, so running
+    # only the kept blocks must give the same rewards and the same gradients.
+    results = {}
+    for forward in ("masked", "kept"):
+        env = BlockDropVectorEnv(num_envs=8, split="train", augment=False, penalty=-5.0, precision="fp32", **env_kwargs)
+        trained_like(env.resnet, seed=2)
+        before = [p.detach().clone() for p in env.resnet.parameters()]
+        env.reset(seed=0)
+        torch.manual_seed(3)  # the same policy for both
+        agent = BlockDropAgent(device="cpu", precision="fp32")
+        config = ReinforceConfig(lr=1e-3, beta=0.0, finetune=True, finetune_bn="frozen", finetune_forward=forward)
+        stats = train_step(agent, env, make_optimizer(agent, env, config), config, torch.Generator().manual_seed(5))
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in env.resnet.parameters()]
+        results[forward] = stats, before, [p.detach().clone() for p in env.resnet.parameters()], grads
+    (masked, before, masked_weights, masked_grads), (kept, _, _, kept_grads) = results["masked"], results["kept"]
+    assert masked["blocks_kept"].min() < 15  # some blocks dropped: the two forwards differ in work
+    assert torch.equal(masked["reward"], kept["reward"]) and torch.equal(masked["greedy"], kept["greedy"])
+    assert torch.allclose(masked["ce"], kept["ce"], atol=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(before, masked_weights, strict=True))  # the ResNet trained
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(masked_grads, kept_grads, strict=True))
+
+
+@pytest.mark.parametrize("gather_below", [0.0, 2.0])
+def test_kept_blocks_forward_takes_batch_statistics_from_the_images_that_keep_a_block(gather_below):
+    torch.manual_seed(0)
+    resnet = CifarResNet(20).train()
+    reference = copy.deepcopy(resnet)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    keep = torch.ones(8, 9, dtype=torch.bool)
+    keep[4:, 0] = False  # block 0 kept by the first four images only
+    resnet(images, keep, gather_below=gather_below)
+    users = slice(0, 4) if gather_below else slice(None)  # the masked forward runs every image through it
+    with torch.no_grad():
+        reference.blocks[0].residual(reference.stem(reference.normalize(images))[users])
+    bn, expected = resnet.blocks[0].residual[1], reference.blocks[0].residual[1]
+    assert torch.allclose(bn.running_mean, expected.running_mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, expected.running_var, atol=1e-5)
 
 
 def test_a_policy_on_downsampled_images_costs_a_quarter_and_is_saved_with_its_size(tmp_path):

@@ -1,6 +1,7 @@
 """What the scripts and the env do with a user's mistake: no lost work, no silent misuse, errors
 that say what was expected (one line from a script)."""
 
+import math
 import os
 import pickle
 import subprocess
@@ -326,3 +327,64 @@ def test_help_names_the_module_and_describes_the_script():
     )
     assert proc.returncode == 0 and "python -m experiments.train_blockdrop" in proc.stdout
     assert "Train the BlockDrop agent" in proc.stdout
+
+
+# Argument ranges: every value outside is refused naming the flag, every value inside is accepted
+# (and, for seeds, seeds everything the scripts seed).
+NOT_POSITIVE_FINITE = st.floats().filter(lambda x: not (math.isfinite(x) and x > 0))
+
+
+@given(lr=NOT_POSITIVE_FINITE, which=st.sampled_from(["lr", "finetune_lr"]))
+@ONCE
+def test_learning_rates_that_are_not_positive_finite_numbers_are_refused(lr, which, tmp_path, env_kwargs):
+    with pytest.raises(UsageError, match="learning rate|must be a finite number"):
+        train_blockdrop.check_args(train_args(tmp_path, env_kwargs, **{which: lr}))
+    if which == "lr":
+        with pytest.raises(UsageError, match="--lr must be"):
+            pretrain_resnet.check_args(pretrain_args(env_kwargs["data_dir"], tmp_path / "r.pt", lr=lr))
+
+
+@given(penalty=st.floats())
+@ONCE
+def test_a_penalty_is_accepted_exactly_when_float32_holds_it_and_it_is_at_most_zero(penalty, tmp_path, env_kwargs):
+    inside = math.isfinite(penalty) and -3.4028234663852886e38 <= penalty <= 0
+    args = train_args(tmp_path, env_kwargs, penalty=penalty)
+    if inside:
+        train_blockdrop.check_args(args)
+        assert math.isfinite(np.float32(penalty))  # what the env's rewards are computed in
+    else:
+        with pytest.raises(UsageError, match="--penalty must be <= 0"):
+            train_blockdrop.check_args(args)
+
+
+@given(momentum=st.floats(), weight_decay=st.floats(), smoothing=st.floats())
+@ONCE
+def test_pretraining_optimiser_settings_outside_their_ranges_are_refused(
+    momentum, weight_decay, smoothing, tmp_path, synthetic_dir
+):
+    args = pretrain_args(
+        synthetic_dir, tmp_path / "r.pt", momentum=momentum, weight_decay=weight_decay, label_smoothing=smoothing
+    )
+    finite = all(math.isfinite(x) for x in (momentum, weight_decay, smoothing))
+    if finite and 0 <= momentum < 1 and weight_decay >= 0 and 0 <= smoothing < 1:
+        pretrain_resnet.check_args(args)
+    else:
+        with pytest.raises(UsageError, match="--momentum|--weight-decay|--label-smoothing"):
+            pretrain_resnet.check_args(args)
+
+
+@given(seed=st.integers(-(2**70), 2**70))
+@ONCE
+def test_a_seed_is_accepted_exactly_when_everything_it_seeds_takes_it(seed, tmp_path, env_kwargs):
+    args = train_args(tmp_path, env_kwargs, seed=seed)
+    if not 0 <= seed < 2**32:
+        with pytest.raises(UsageError, match=r"--seed must lie in \[0, 2\*\*32\)"):
+            train_blockdrop.check_args(args)
+        with pytest.raises(UsageError, match=r"--seeds must lie in \[0, 2\*\*32\)"):
+            compare.check_args(compare.Args(seeds=(0, seed)))
+        return
+    train_blockdrop.check_args(args)
+    compare.check_args(compare.Args(seeds=(seed,)))
+    torch.Generator().manual_seed(seed)
+    np.random.seed(seed)  # SB3's set_random_seed
+    BlockDropVectorEnv(num_envs=2, **env_kwargs).reset(seed=seed + 1)  # the scripts seed envs from seed + i

@@ -2,6 +2,7 @@
 that cannot lie, divergence stopped, and shipped agents by name for --init."""
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -196,7 +197,7 @@ TRAIN, PRETRAIN = "experiments.train_blockdrop", "experiments.pretrain_resnet"
         (TRAIN, ["--lr", "inf"], "--lr must be a finite number"),
         (TRAIN, ["--beta", "inf"], "--beta must be a finite number"),
         (TRAIN, ["--curriculum-step", "inf"], "--curriculum-step must be a finite number"),
-        (TRAIN, ["--seed", "-1"], "--seed must be >= 0"),
+        (TRAIN, ["--seed", "-1"], "--seed must lie in [0, 2**32)"),
         (TRAIN, ["--penalty=-inf"], "a finite number float32 holds"),
         (TRAIN, ["--penalty=-1e39"], "a finite number float32 holds"),
         (PRETRAIN, ["--lr", "inf"], "--lr must be a finite number"),
@@ -241,3 +242,103 @@ def test_a_curriculum_run_resumes_under_other_finetuning_settings(tmp_path, env_
         train_blockdrop.main(
             train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=3, penalty=-2, resume=True)
         )
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, env_kwargs):
+    out = tmp_path / "run"
+    args = cli_args(tmp_path, env_kwargs, out)
+    args[args.index("--checkpoint-every") + 1] = "1"
+    args[args.index("--limit") + 1] = "16"
+    first = script(*args[:3], "1", *args[4:])  # one curriculum epoch, then its checkpoint
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    saved = torch.load(out / "agent.pt", weights_only=True)
+    size = (out / "agent.pt").stat().st_size
+
+    def no_room() -> None:  # no file may grow past half a checkpoint: the next save cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    full = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train_blockdrop", *args, "--resume"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=no_room,
+    )
+    assert full.wait(timeout=300) == 1
+    err = full.stderr.read()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"error: could not write {out / 'agent.pt'} (File too large)")
+    kept = torch.load(out / "agent.pt", weights_only=True)
+    assert kept["epoch"] == saved["epoch"] == 1
+    assert all(torch.equal(kept["policy"][k], v) for k, v in saved["policy"].items())
+    assert not list(out.glob(".*.tmp"))  # the half-written temporary is gone
+
+
+def pretrain(out: Path, data_dir: Path, *extra: str) -> subprocess.Popen:
+    """A pretraining run; its stderr (the progress bar) goes to ``<out>.err``, not a pipe that could fill."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", PRETRAIN, "--depth", "8", "--epochs", "3", "--batch-size", "1", "--device", "cpu",
+         "--precision", "fp32", "--seed", "1", "--data-dir", str(data_dir), "--out", str(out), *extra],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out.with_suffix(".err").open("w"), text=True,
+    )  # fmt: skip
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock, once it has printed "held"."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from experiments.cli import lock_folder; from pathlib import Path; "
+         "lock_folder(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)", str(folder)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.slow
+def test_pretraining_is_locked_and_an_interrupt_saves_a_state_that_resumes_exactly(tmp_path, synthetic_dir):
+    out = tmp_path / "b" / "r.pt"
+    holder = hold_lock(out.parent)
+    try:
+        assert pretrain(out, synthetic_dir).wait(timeout=120) == 2
+        assert f"{out.parent} is in use by another job (pid {holder.pid}" in out.with_suffix(".err").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+
+    straight = pretrain(tmp_path / "a" / "r.pt", synthetic_dir)
+    assert straight.wait(timeout=300) == 0, (tmp_path / "a" / "r.err").read_text()
+    run = pretrain(out, synthetic_dir)
+    deadline = time.time() + 120
+    while "/240" not in out.with_suffix(".err").read_text() and time.time() < deadline:
+        time.sleep(0.05)  # until its progress bar shows: 240 steps of one image each follow
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    err = out.with_suffix(".err").read_text()
+    assert "Traceback" not in err and "resume state saved" in err and "--resume" in err.splitlines()[-1]
+    saved = torch.load(out.with_suffix(".resume.pt"), weights_only=True)
+    assert (saved["epoch"], saved["step"]) < (3, 0) and not out.exists()
+
+    resumed = pretrain(out, synthetic_dir, "--resume")
+    assert resumed.wait(timeout=300) == 0, out.with_suffix(".err").read_text()
+    a = torch.load(tmp_path / "a" / "r.pt", weights_only=True)["state_dict"]
+    b = torch.load(out, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit: the same images, crops and flips
+
+
+@pytest.mark.parametrize("script", [PRETRAIN, "experiments.walks"])
+def test_an_output_file_that_is_a_folder_is_refused_before_any_work(tmp_path, script):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    runs = [str(ROOT / "results" / "train" / "long" / "r32-curriculum")] if script != PRETRAIN else ["--overwrite"]
+    result = subprocess.run(
+        [sys.executable, "-m", script, *runs, "--out", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: --out names a file to write; {folder} is a folder: give a file path in it"

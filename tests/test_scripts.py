@@ -173,7 +173,7 @@ class _Interrupted(Exception):
 def test_an_interrupted_compare_run_continues_from_its_save_as_if_never_stopped(
     tmp_path, env_kwargs, algo, monkeypatch
 ):
-    from experiments import compare
+    from experiments import compare, compare_runs, compare_training
 
     if algo == "trpo":
         pytest.importorskip("sb3_contrib")
@@ -196,8 +196,8 @@ def test_an_interrupted_compare_run_continues_from_its_save_as_if_never_stopped(
         def kept(make):
             return lambda *a, **k: learners.append(make(*a, **k)) or learners[-1]
 
-        monkeypatch.setattr(compare, "make_algorithm", kept(compare.make_algorithm))
-        monkeypatch.setattr(compare, "BlockDropAgent", kept(compare.BlockDropAgent))
+        monkeypatch.setattr(compare_training, "make_algorithm", kept(compare_training.make_algorithm))
+        monkeypatch.setattr(compare_training, "BlockDropAgent", kept(compare_training.BlockDropAgent))
 
     watch_learners()
     straight = compare.main(compare.Args(out_root=tmp_path / "straight", **common))[0]
@@ -205,14 +205,14 @@ def test_an_interrupted_compare_run_continues_from_its_save_as_if_never_stopped(
     straight_params = learners[-1].policy.state_dict()
 
     args = compare.Args(out_root=tmp_path / "stopped", **common)
-    save = compare.RunSaver.maybe_save
+    save = compare_runs.RunSaver.maybe_save
 
     def save_then_crash(self, env_steps, *a):
         save(self, env_steps, *a)
         if self.saved_at == 64:  # the run dies after its save half-way, evaluations on either side
             raise _Interrupted
 
-    monkeypatch.setattr(compare.RunSaver, "maybe_save", save_then_crash)
+    monkeypatch.setattr(compare_runs.RunSaver, "maybe_save", save_then_crash)
     with pytest.raises(_Interrupted):
         compare.main(args)
     resume_file = tmp_path / "stopped" / "default" / "runs" / f"{algo}_seed0.resume.pt"
@@ -233,7 +233,8 @@ def test_an_interrupted_compare_run_continues_from_its_save_as_if_never_stopped(
 
 
 def test_compare_curriculum_schedule():
-    from experiments.compare import Args, decided_at
+    from experiments.compare import Args
+    from experiments.compare_training import decided_at
 
     args = Args(env_steps=1500, curriculum_fraction=0.5)
     assert [decided_at(s, args, 15) for s in (0, 49, 50, 700, 749, 750, 1500)] == [1, 1, 2, 15, 15, 15, 15]
@@ -272,17 +273,19 @@ def test_bench_smoke(tmp_path, env_kwargs):
     assert "SB3 TRPO (sub_sampling_factor=4)" in sb3 and "SB3 TRPO (cg_max_steps=15)" in sb3
     pair = [r for r in rows if r["name"].startswith("two actions")]
     assert len(pair) == 3 * (4 + 4)  # stacked, shared prefix, speed-up at 4 stages of the R32 and the R110
-    assert len(rows) == (18 if half else 11) + len(pair) + len(sb3)
+    finetune = [r for r in rows if r["name"].startswith("BlockDrop finetuning")]
+    # Per precision: the R32 and the R110, two block counts each, masked, kept only and the speed-up.
+    assert len(finetune) == (2 if half else 1) * 2 * 2 * 3
+    assert [r["name"].split(", ")[-1] for r in finetune[:3]] == ["masked", "kept", "speed-up"]
+    assert "ResNet-110, greedy keeps 18 of 54 blocks" in finetune[6]["name"]
+    assert len(rows) == (16 if half else 10) + len(finetune) + len(pair) + len(sb3)
     trained = [r["name"].split(",")[0] for r in rows if "fp32" in r["name"].split(",")[-1]]
     if half:
         assert trained == [
             "vector env step",
             "BlockDrop curriculum step",
             "BlockDrop curriculum epoch of 24 images",
-        ] + [
-            "BlockDrop finetuning step",
-            "pretraining step of the ResNet-32",
-        ]
+        ] + ["BlockDrop finetuning step"] * 8 + ["pretraining step of the ResNet-32"]
     else:
         assert trained == []
     agreement = result["agreement"]
