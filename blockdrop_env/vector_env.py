@@ -24,7 +24,8 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
 
     * observations, rewards, ``terminated``, ``truncated`` and the ``info`` entries are torch
       tensors on the env's device (wrap with :class:`blockdrop_env.sb3.SB3VecEnv` or Gymnasium's
-      numpy wrappers for a numpy face);
+      numpy wrappers for a numpy face); the observation is a copy (writing into it changes nothing
+      the env scores), ``info`` entries and :attr:`images` are the env's own tensors (read only);
     * actions are (num_envs, K) tensors or arrays; a bool tensor on the device is used as it is,
       with no host synchronisation, other dtypes have their 0/1 values checked;
     * every episode ends each step, and the autoreset is ``AutoresetMode.SAME_STEP``: ``step``
@@ -87,7 +88,7 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
         else:
             indices = self.task.draw(self.num_envs, self._generator)
         self._show(indices)
-        return self._images, {"index": indices}
+        return self._images.clone(), {"index": indices}
 
     def state_dict(self) -> dict[str, Tensor]:
         """What a resumed run needs to continue exactly: the generator of image draws and
@@ -162,4 +163,5 @@ class BlockDropVectorEnv(gym.vector.VectorEnv):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         info: dict[str, Any] = {**out.info(labels), **extra, "index": self._indices, "final_obs": self._images}
         self._show(self.task.draw(self.num_envs, self._generator))  # SAME_STEP autoreset
-        return self._images, out.reward, self._terminated, self._truncated, info
+        # A copy: an agent writing into its observation must not change the images the env scores.
+        return self._images.clone(), out.reward, self._terminated, self._truncated, info

@@ -131,11 +131,23 @@ def test_vector_env_equals_single_env(env_kwargs):
             assert single_info[key] == info[key][i].item(), key
 
 
+def test_writing_into_an_observation_leaves_the_images_the_env_scores_alone(env_kwargs):
+    written, untouched = (BlockDropVectorEnv(num_envs=4, split="test", **env_kwargs) for _ in range(2))
+    keep = torch.ones(4, 15, dtype=torch.bool)
+    obs, _ = written.reset(seed=0)
+    untouched.reset(seed=0)
+    for _ in range(2):  # the observation of reset, then of step
+        obs.zero_()
+        assert torch.equal(written.images, untouched.images) and written.images.any()
+        obs, rewards, *_ = written.step(keep)
+        assert torch.equal(rewards, untouched.step(keep)[1])
+
+
 def test_vector_env_autoresets_in_the_same_step(venv):
     obs, _ = venv.reset(seed=0)
     next_obs, rewards, terminated, _, info = venv.step(torch.ones(4, 15, dtype=torch.bool))
     assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
-    assert torch.equal(info["final_obs"], obs) and next_obs is venv.images
+    assert torch.equal(info["final_obs"], obs) and torch.equal(next_obs, venv.images)
     assert rewards.shape == (4,) and rewards.dtype == torch.float32 and terminated.all()
     assert venv.observation_space.shape == (4, 3, 32, 32)
 
