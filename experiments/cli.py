@@ -269,6 +269,11 @@ class InterruptFlag:
             signal.signal(sig, handler)
 
 
+def continue_with(module: str, out: Path) -> str:
+    """The line an interrupted run ends with: how to continue it."""
+    return f"Continue with: python -m {module} --out {out} --resume (and the run's other arguments)"
+
+
 class Interrupted(SystemExit):
     """A run stopped by Ctrl-C or SIGTERM after saving its resume state: :func:`run` prints its one
     line and exits with status 130."""

@@ -41,6 +41,7 @@ from experiments.cli import (
     UsageError,
     check_device,
     check_writable_file,
+    continue_with,
     lock_folder,
     refuse_overwrite,
     remove_stale_temporaries,
@@ -202,8 +203,7 @@ def main(args: Args) -> dict:
             resume_path,
         )
 
-    how = "--resume (and the run's other arguments)"
-    continue_with = f"Continue with: python -m experiments.pretrain_resnet --out {args.out} {how}"
+    how_to_continue = continue_with("experiments.pretrain_resnet", args.out)
     writer = SummaryWriter(str(args.logdir or args.out.parent / "tb"))
     bar = tqdm(
         total=args.epochs * steps_per_epoch,
@@ -234,7 +234,7 @@ def main(args: Args) -> dict:
                     bar.close()  # before the one line that says how to continue
                     raise Interrupted(
                         f"interrupted in epoch {epoch + 1} after {step + 1} steps; resume state saved in "
-                        f"{resume_path}. {continue_with}"
+                        f"{resume_path}. {how_to_continue}"
                     )
             start_step, order = 0, None
             elapsed += time.perf_counter() - t0
@@ -259,7 +259,7 @@ def main(args: Args) -> dict:
                 writer.close()
                 bar.close()
                 raise Interrupted(
-                    f"interrupted after epoch {epoch + 1}; resume state saved in {resume_path}. {continue_with}"
+                    f"interrupted after epoch {epoch + 1}; resume state saved in {resume_path}. {how_to_continue}"
                 )
     bar.close()
 

@@ -60,6 +60,7 @@ from experiments.cli import (
     UsageError,
     check_device,
     check_writable,
+    continue_with,
     cost_note,
     lock_folder,
     refuse_overwrite,
@@ -448,7 +449,7 @@ def main(args: Args) -> dict:
     bar = tqdm(range(job.epoch, stop_at), desc="BlockDrop", unit="epoch")
     estimated: set[str] = set()  # stages whose cost was estimated (on the CPU, after their first steps)
     summary: dict = {}
-    resume_line = f"python -m experiments.train_blockdrop --out {args.out} --resume (and the run's other arguments)"
+    how_to_continue = continue_with("experiments.train_blockdrop", args.out)
 
     def estimate(seconds_per_step: float, steps: int) -> None:
         if job.stage in estimated or job.agent.device.type != "cpu":  # CUDA steps run ahead of the host
@@ -473,7 +474,7 @@ def main(args: Args) -> dict:
                 writer.close()
                 raise Interrupted(
                     f"interrupted in epoch {epoch + 1} after {job.step} steps; resume state saved in {job.path}. "
-                    f"Continue with: {resume_line}"
+                    + how_to_continue
                 )
             stats = epoch_stats(job.step_stats)
             if not (math.isfinite(stats["loss"]) and finite_weights(job)):
@@ -505,8 +506,7 @@ def main(args: Args) -> dict:
             if stop.requested and not last:
                 writer.close()
                 raise Interrupted(
-                    f"interrupted after epoch {epoch + 1}; resume state saved in {job.path}. "
-                    f"Continue with: {resume_line}"
+                    f"interrupted after epoch {epoch + 1}; resume state saved in {job.path}. " + how_to_continue
                 )
     writer.close()
     if summary:
