@@ -1,5 +1,6 @@
-"""Heuristic policies of the paper's comparisons: every block, the first k, k at random; and every
-block but one (the drop landscape: which blocks matter).
+"""Heuristic policies of the paper's comparisons: every block, the first k, k at random; every
+block but one (the drop landscape: which blocks matter); and one fixed block set for every image
+(a network pruned to those blocks, chosen from the landscape).
 
 A policy here is any callable from a batch of images (B, 3, 32, 32) uint8 to a bool keep mask
 (B, K) on the same device.
@@ -66,6 +67,31 @@ class DropOne:
     def __call__(self, images: Tensor) -> Tensor:
         keep = torch.arange(self.num_blocks, device=images.device) != self.k
         return keep.expand(len(images), -1)
+
+
+class FixedBlocks:
+    """Runs the same blocks (0-based indices) for every image: the network pruned to them."""
+
+    def __init__(self, blocks: Sequence[int], num_blocks: int = 15) -> None:
+        if not blocks or any(not 0 <= b < num_blocks for b in blocks) or len(set(blocks)) != len(blocks):
+            raise ValueError(f"blocks must be distinct indices in [0, {num_blocks}), at least one; got {list(blocks)}")
+        self.blocks, self.num_blocks = sorted(blocks), num_blocks
+
+    def mask(self, device: str | torch.device | None = None) -> Tensor:
+        """The keep mask of one image (num_blocks,), bool."""
+        keep = torch.zeros(self.num_blocks, dtype=torch.bool, device=device)
+        keep[self.blocks] = True
+        return keep
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.mask(images.device).expand(len(images), -1)
+
+
+def blocks_by_drop_cost(drop_accuracies: Sequence[float]) -> list[int]:
+    """Block indices ordered from the one whose single drop costs most accuracy to the one that
+    costs least (ties: the earlier block first); the first k are the blocks a network pruned to k
+    blocks keeps."""
+    return sorted(range(len(drop_accuracies)), key=lambda k: (drop_accuracies[k], k))
 
 
 def drop_landscape(num_blocks: int = 15) -> list[tuple[str, DropOne]]:

@@ -6,6 +6,8 @@ heuristic baselines (full ResNet, FirstK and RandomK for K = 1..15).
     python -m experiments.evaluate --policy NAME --baselines full   # a shipped agent beside the full ResNet
     python -m experiments.evaluate --policy runs/blockdrop/agent.pt --out runs/evaluate/mine
     python -m experiments.evaluate --policy NAME --also OTHER --static 20 26 --published   # the accuracy-FLOPs front
+    python -m experiments.evaluate --depth 110 --split val --baselines full --landscape   # blocks by drop cost
+    python -m experiments.evaluate --depth 110 --pruned runs/pruned/r110-k20.pt   # a pruned rival beside the baselines
 
 Writes ``summary.json``, ``table.md`` and plots (accuracy against FLOPs; with a policy also a
 histogram of blocks kept, block usage per class and the images of the most frequent policies).
@@ -22,11 +24,11 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import torch
 
-from agents.baselines import FullPolicy, drop_landscape, heuristic_policies
+from agents.baselines import FixedBlocks, FullPolicy, blocks_by_drop_cost, drop_landscape, heuristic_policies
 from agents.evaluation import Evaluation, evaluate, make_eval_env
 from agents.pretrained import check_ship_name, list_policies, load_policy, policy_path, ship
 from agents.reinforce import BlockDropAgent
-from blockdrop_env.checkpoint import default_checkpoint, run_metadata, shipped_depths
+from blockdrop_env.checkpoint import default_checkpoint, load_checkpoint, run_metadata, shipped_depths
 from blockdrop_env.data import SPLITS
 from blockdrop_env.device import Precision
 from experiments.cli import (
@@ -80,11 +82,16 @@ class Args(DataArgs):
     static: tuple[int, ...] = ()
     """Depths of shipped static ResNets to evaluate too, every block (e.g. 20 26): the accuracy-FLOPs
     front that dropping blocks of the ResNet-32 has to beat."""
+    pruned: tuple[Path, ...] = ()
+    """ResNet checkpoints pruned to one block set for every image (``experiments.pretrain_resnet
+    --keep-blocks``), evaluated as static rivals with their blocks."""
     published: bool = False
     """Add published reference points to the table and plot (He et al.'s static ResNets, the BlockDrop
     paper, a public reproduction; see experiments.published)."""
     landscape: bool = False
-    """Also the drop landscape: the accuracy with each single block dropped (which blocks matter)."""
+    """Also the drop landscape: the accuracy with each single block dropped (which blocks matter), and
+    the blocks ordered by what their drop costs (``blocks_by_drop_cost`` in summary.json: the first k
+    are the blocks of a network pruned to k; choose them on --split val)."""
     batch_size: int | None = None
     """Images per batched forward; default: 1000 on CUDA, 256 on the CPU."""
     seed: int = 0
@@ -141,7 +148,11 @@ def plot_accuracy_flops(rows: list[dict], path: Path) -> None:
     published) as fronts, every policy as a star, published agents as hollow diamonds. With a static
     front or a policy, a second panel zooms on the accuracy of the networks worth using."""
     heuristic = ("FirstK", "RandomK", "drop block")
-    ours = [r for r in rows if (r.get("static") and not r.get("published")) or r["name"] == "full ResNet"]
+    ours = [
+        r
+        for r in rows
+        if (r.get("static") and not r.get("published") and not r.get("pruned")) or r["name"] == "full ResNet"
+    ]
     published = [r for r in rows if r.get("published") and r["flops_mean"] is not None]
     policies = [r for r in rows if not (r["name"].startswith(heuristic) or r in ours or r.get("published"))]
     focus = ours[1:] + published + policies
@@ -159,7 +170,8 @@ def plot_accuracy_flops(rows: list[dict], path: Path) -> None:
             curve(ours, "D-", "static ResNets (ours)", color="k")
         curve([r for r in published if r["static"]], "D--", "static ResNets (published)", color="grey", mfc="none")
         for r in policies:
-            ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], "*", ms=12, label=r["name"])
+            marker, size = ("X", 10) if r.get("pruned") else ("*", 12)
+            ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], marker, ms=size, label=r["name"])
         for r in published:
             if not r["static"]:
                 ax.plot(r["flops_mean"] / 1e6, 100 * r["accuracy"], "d", ms=8, mfc="none", label=r["name"])
@@ -315,13 +327,25 @@ def main(args: Args) -> list[dict]:
     for depth in args.static:
         static_env = eval_env(checkpoint=default_checkpoint(depth), depth=depth)
         rows.append(static_row(f"static ResNet-{depth}", evaluate(static_env, FullPolicy(static_env.num_blocks))))
+    for path in args.pruned:
+        meta = load_checkpoint(path)
+        blocks = meta.get("keep_blocks")
+        require(
+            bool(blocks), f"--pruned {path}: not a pruned ResNet (no keep_blocks; see pretrain_resnet --keep-blocks)"
+        )
+        pruned_env = eval_env(checkpoint=path, depth=meta["depth"])
+        pruned = FixedBlocks(blocks, pruned_env.num_blocks)
+        name = f"pruned ResNet-{meta['depth']} ({len(blocks)} blocks, {path.stem})"
+        rows.append({**static_row(name, evaluate(pruned_env, pruned)), "pruned": True, "keep_blocks": blocks})
     if args.published:
         rows += published_rows()
 
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = env.task.checkpoint_meta.get("test_accuracy")
+    drops = [r["accuracy"] for r in rows if r["name"].startswith("drop block")]
     summary = {
         "rows": rows,
+        **({"blocks_by_drop_cost": blocks_by_drop_cost(drops)} if drops else {}),
         "resnet_checkpoint_test_accuracy": recorded,
         "args": {k: str(v) for k, v in asdict(args).items()},
         **run_metadata(),
@@ -336,6 +360,9 @@ def main(args: Args) -> list[dict]:
         if named:
             plot_policy(evaluations[named[0][0]], env.task.images.cpu(), args.out, k_total)
     print(table)
+    if drops:
+        ranked = " ".join(map(str, summary["blocks_by_drop_cost"]))
+        print(f"blocks by drop cost, costliest first ({args.split}): {ranked}")
     full = next((r for r in rows if r["name"] == "full ResNet"), None)
     if full is not None:
         print(

@@ -10,6 +10,12 @@ the run lasts: a second pretraining into it is refused.
 
     python -m experiments.pretrain_resnet --epochs 80 --out runs/pretrain/resnet32_cifar10.pt
 
+The same loop finetunes a pretrained network pruned to one block set for every image (the static
+rival of a BlockDrop agent that keeps as many blocks; ``evaluate --landscape`` ranks the blocks):
+
+    python -m experiments.pretrain_resnet --depth 110 --init blockdrop_env/checkpoints/resnet110_cifar10.pt \
+        --keep-blocks 0 1 2 ... --train-split train --epochs 3 --lr 0.02 --out runs/pruned/r110-k20.pt
+
 A fresh run refuses an ``--out`` whose checkpoint or resume file exists (``--resume`` continues,
 ``--overwrite`` starts over); ``--resume`` refuses arguments that change what is trained (all but
 ``--out``, ``--logdir``, ``--device``, ``--data-dir``, ``--download``; the one-cycle schedule is
@@ -24,13 +30,15 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from blockdrop_env.checkpoint import atomic_save, load_checkpoint, run_metadata, save_resnet
+from agents.baselines import FixedBlocks
+from blockdrop_env.checkpoint import atomic_save, load_checkpoint, load_resnet, run_metadata, save_resnet
 from blockdrop_env.data import LAYOUTS, load_cifar, random_crop_flip
 from blockdrop_env.device import Precision, autocast, resolve_device
 from blockdrop_env.resnet import CifarResNet, predict
@@ -74,6 +82,15 @@ class Args(DataArgs):
     """Cross-entropy label smoothing."""
     seed: int = 0
     """Seed of the initialisation, shuffling and augmentation."""
+    init: Path | None = None
+    """Start from this ResNet checkpoint of --depth (e.g. the shipped one) instead of a random
+    initialisation: finetuning it (with a smaller --lr)."""
+    keep_blocks: tuple[int, ...] = ()
+    """Prune: run only these blocks (0-based, as in the drop landscape) for every image, in training
+    and in the test; the others are never run, so their weights stay as they were. Empty: every block."""
+    train_split: Literal["trainval", "train"] = "trainval"
+    """trainval: all 50,000 train images (as He et al.); train: the 45,000 the agents train on,
+    without the validation split, whose accuracy is then reported too."""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda."""
     precision: Precision = "auto"
@@ -107,6 +124,11 @@ def check_args(args: Args) -> None:
     require(0 <= args.label_smoothing < 1, f"--label-smoothing must lie in [0, 1); got {args.label_smoothing}")
     require_seed("seed", args.seed)
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
+    if args.keep_blocks:
+        try:
+            FixedBlocks(args.keep_blocks, 3 * ((args.depth - 2) // 6))
+        except ValueError as e:
+            raise UsageError(f"--keep-blocks: {e} (the ResNet-{args.depth})") from None
 
 
 def sgd_step(
@@ -116,17 +138,35 @@ def sgd_step(
     labels: torch.Tensor,
     precision: Precision = "auto",
     label_smoothing: float = 0.0,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on the cross-entropy of a batch (uint8 images), under the device's
-    training autocast; returns the logits and the loss, detached."""
+    training autocast; returns the logits and the loss, detached. ``keep`` (num_blocks,): the one
+    block set every image runs (None: every block)."""
     device = images.device
     with autocast(device, precision):
-        logits = model(images.contiguous(memory_format=torch.channels_last))
+        logits = pruned_forward(model, images.contiguous(memory_format=torch.channels_last), keep)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return logits.detach(), loss.detach()
+
+
+def pruned_forward(model: CifarResNet, images: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Logits with every image running the blocks of ``keep`` (num_blocks,) alone: a dropped block
+    is skipped outright (gathered over no image), not computed and masked."""
+    if keep is None:
+        return model(images)
+    return model(images, keep.expand(len(images), -1), gather_below=1.0)
+
+
+@torch.no_grad()
+def accuracy(model: CifarResNet, images: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor | None) -> float:
+    """Accuracy of the network (eval mode, fp32) running the blocks of ``keep`` on every image."""
+    model.eval()
+    mask = None if keep is None else keep.cpu().expand(len(images), -1)
+    return (predict(model, images, mask).cpu() == labels).float().mean().item()
 
 
 def main(args: Args) -> dict:
@@ -150,14 +190,25 @@ def main(args: Args) -> dict:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
     num_classes = LAYOUTS[args.dataset].num_classes
-    model = CifarResNet(args.depth, num_classes).to(device).to(memory_format=torch.channels_last)
+    if args.init is None:
+        model = CifarResNet(args.depth, num_classes)
+    else:
+        model, init_meta = load_resnet(args.init, args.depth, num_classes)
+        require(
+            not init_meta.get("keep_blocks") or args.keep_blocks,
+            f"--init {args.init} is pruned to blocks {init_meta.get('keep_blocks')}: pass them as --keep-blocks",
+        )
+    model = model.to(device).to(memory_format=torch.channels_last)
+    keep = FixedBlocks(args.keep_blocks, model.num_blocks).mask(device) if args.keep_blocks else None
 
-    # All 50,000 train images, as He et al. (the agents' validation split is part of them).
-    train_x, train_y = load_cifar("trainval", args.data_dir, args.dataset, args.download)
+    # trainval: all 50,000 train images, as He et al. (the agents' validation split is part of them).
+    train_x, train_y = load_cifar(args.train_split, args.data_dir, args.dataset, args.download)
     test_x, test_y = load_cifar("test", args.data_dir, args.dataset, args.download)
+    val = load_cifar("val", args.data_dir, args.dataset, args.download) if args.train_split == "train" else None
     if args.limit is not None:
         train_x, train_y = train_x[: args.limit], train_y[: args.limit]
         test_x, test_y = test_x[: args.limit], test_y[: args.limit]
+        val = None if val is None else (val[0][: args.limit], val[1][: args.limit])
     train_x, train_y = train_x.to(device), train_y.to(device)  # resident on the device
 
     batch_size = min(args.batch_size, len(train_x))
@@ -223,7 +274,7 @@ def main(args: Args) -> dict:
                 idx = order[step * batch_size : (step + 1) * batch_size]
                 x = random_crop_flip(train_x[idx], generator)
                 y = train_y[idx]
-                logits, loss = sgd_step(model, optimizer, x, y, args.precision, args.label_smoothing)
+                logits, loss = sgd_step(model, optimizer, x, y, args.precision, args.label_smoothing, keep)
                 scheduler.step()
                 loss_sum += loss
                 correct += (logits.argmax(1) == y).sum()
@@ -249,10 +300,14 @@ def main(args: Args) -> dict:
             writer.add_scalar("train/loss", stats["loss"], epoch + 1)
             writer.add_scalar("train/accuracy", stats["accuracy"], epoch + 1)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch + 1)
+            if val is not None:  # the figure that chooses between runs (the test split is read once, at the end)
+                stats["val_accuracy"] = accuracy(model, *val, keep)
+                writer.add_scalar("val/accuracy", stats["val_accuracy"], epoch + 1)
             bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in stats.items()})
+            val_text = f" val_acc {stats['val_accuracy']:.4f}" if val is not None else ""
             tqdm.write(
                 f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} "
-                f"train_acc {stats['accuracy']:.4f} time {elapsed:.0f}s"
+                f"train_acc {stats['accuracy']:.4f}{val_text} time {elapsed:.0f}s"
             )
             save_resume(epoch + 1)
             if stop.requested and epoch + 1 < args.epochs:
@@ -263,12 +318,14 @@ def main(args: Args) -> dict:
                 )
     bar.close()
 
-    model.eval()
-    test_accuracy = (predict(model, test_x).cpu() == test_y).float().mean().item()
+    test_accuracy = accuracy(model, test_x, test_y, keep)
     writer.add_scalar("test/accuracy", test_accuracy, args.epochs)
     writer.close()
+    pruned = {"keep_blocks": list(FixedBlocks(args.keep_blocks, model.num_blocks).blocks)} if keep is not None else {}
     summary = {
         "test_accuracy": test_accuracy,
+        **({"val_accuracy": accuracy(model, *val, keep)} if val is not None else {}),
+        **pruned,
         "epochs": args.epochs,
         "train_seconds": round(elapsed, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -1,0 +1,137 @@
+"""A ResNet pruned to one block set for every image: the static rival of a BlockDrop agent.
+
+The blocks come from the drop landscape (``evaluate --landscape``), the finetuning from
+``pretrain_resnet --init --keep-blocks``, the evaluation from ``evaluate --pruned``.
+"""
+
+import json
+
+import pytest
+import torch
+
+from agents.baselines import FixedBlocks, blocks_by_drop_cost
+from blockdrop_env.checkpoint import load_resnet
+from blockdrop_env.data import load_cifar
+from blockdrop_env.resnet import predict, resnet32
+from experiments import evaluate as evaluate_script
+from experiments import pretrain_resnet
+from experiments.cli import UsageError
+
+from .conftest import trained_like
+
+KEEP = (0, 4, 7, 11)
+
+
+def test_fixed_blocks_keeps_the_same_set_for_every_image_and_refuses_bad_sets():
+    images = torch.zeros(3, 3, 32, 32, dtype=torch.uint8)
+    mask = FixedBlocks([7, 0, 4], 15)(images)
+    assert mask.shape == (3, 15) and mask.dtype == torch.bool
+    assert mask[:, [0, 4, 7]].all() and mask.sum().item() == 9
+    for bad in ([], [15], [-1], [2, 2]):
+        with pytest.raises(ValueError):
+            FixedBlocks(bad, 15)
+
+
+def test_blocks_by_drop_cost_puts_the_costliest_drop_first_and_ties_in_block_order():
+    assert blocks_by_drop_cost([0.9, 0.5, 0.9, 0.7, 0.5]) == [1, 4, 3, 0, 2]
+
+
+def test_the_pruned_forward_skips_dropped_blocks_and_equals_the_masked_one():
+    model = trained_like(resnet32(), seed=1)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    keep = FixedBlocks(KEEP, 15).mask()
+    calls = []
+    hooks = [b.residual.register_forward_hook(lambda m, i, o, k=k: calls.append(k)) for k, b in enumerate(model.blocks)]
+    pruned = pretrain_resnet.pruned_forward(model, images, keep)
+    for hook in hooks:
+        hook.remove()
+    assert sorted(calls) == list(KEEP)  # the dropped blocks' residuals never ran
+    torch.testing.assert_close(pruned, model(images, keep.expand(5, -1)))
+
+
+@pytest.fixture()
+def init_checkpoint(tmp_path):
+    """A ResNet-32 with non-trivial batch-norm statistics, to finetune."""
+    from blockdrop_env.checkpoint import save_resnet
+
+    torch.manual_seed(0)
+    path = tmp_path / "init.pt"
+    save_resnet(path, trained_like(resnet32(), seed=2), test_accuracy=float("nan"))
+    return path
+
+
+def pruned_args(synthetic_dir, out, init, **kw):
+    base = dict(
+        epochs=1,
+        batch_size=16,
+        lr=0.05,
+        device="cpu",
+        precision="fp32",
+        data_dir=str(synthetic_dir),
+        init=init,
+        keep_blocks=KEEP,
+        train_split="train",
+        out=out,
+    )
+    return pretrain_resnet.Args(**{**base, **kw})
+
+
+def test_finetuning_a_pruned_network_trains_its_blocks_alone_and_records_them(synthetic_dir, init_checkpoint, tmp_path):
+    out = tmp_path / "pruned.pt"
+    summary = pretrain_resnet.main(pruned_args(synthetic_dir, out, init_checkpoint))
+    before = load_resnet(init_checkpoint)[0].state_dict()
+    model, meta = load_resnet(out)
+    after = model.state_dict()
+    assert meta["keep_blocks"] == list(KEEP) and summary["keep_blocks"] == list(KEEP)
+    for k in range(15):
+        changed = any(not torch.equal(v, after[n]) for n, v in before.items() if n.startswith(f"blocks.{k}."))
+        assert changed == (k in KEEP), f"block {k}"  # dropped blocks: weights and BN statistics untouched
+    assert not torch.equal(before["stem.0.weight"], after["stem.0.weight"])  # the rest of the network trains too
+
+    # The recorded accuracies are those of the network running its blocks alone, on val and test.
+    mask = FixedBlocks(KEEP, 15).mask()
+    for split, key in (("val", "val_accuracy"), ("test", "test_accuracy")):
+        images, labels = load_cifar(split, synthetic_dir)
+        expected = (predict(model, images, mask.expand(len(images), -1)) == labels).float().mean().item()
+        assert meta[key] == pytest.approx(expected)
+    # The validation split stays out of training: the run saw the train split's images alone.
+    train_images = len(load_cifar("train", synthetic_dir)[0])
+    assert meta["train_images"] == train_images < len(load_cifar("trainval", synthetic_dir)[0])
+
+
+def test_pruning_arguments_are_checked_before_any_work(synthetic_dir, init_checkpoint, tmp_path):
+    for bad in ((15,), (3, 3), (-1,)):
+        with pytest.raises(UsageError, match="--keep-blocks"):
+            pretrain_resnet.main(pruned_args(synthetic_dir, tmp_path / "x.pt", init_checkpoint, keep_blocks=bad))
+    assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(FileNotFoundError):
+        pretrain_resnet.main(pruned_args(synthetic_dir, tmp_path / "y.pt", tmp_path / "missing.pt"))
+
+
+def test_evaluate_ranks_blocks_on_the_landscape_and_judges_a_pruned_rival_with_its_blocks(
+    synthetic_dir, init_checkpoint, tmp_path
+):
+    out = tmp_path / "pruned.pt"
+    pretrain_resnet.main(pruned_args(synthetic_dir, out, init_checkpoint))
+    common = dict(checkpoint=init_checkpoint, data_dir=str(synthetic_dir), device="cpu", precision="fp32", plots=True)
+    rows = evaluate_script.main(
+        evaluate_script.Args(**common, baselines="full", landscape=True, split="val", out=tmp_path / "ev")
+    )
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    drops = [r["accuracy"] for r in rows if r["name"].startswith("drop block")]
+    ranked = summary["blocks_by_drop_cost"]
+    assert sorted(ranked) == list(range(15))
+    assert [drops[k] for k in ranked] == sorted(drops)
+
+    rows = evaluate_script.main(evaluate_script.Args(**common, baselines="full", pruned=(out,), out=tmp_path / "ev2"))
+    rival = next(r for r in rows if r.get("pruned"))
+    model, meta = load_resnet(out)
+    assert rival["keep_blocks"] == list(KEEP) and rival["blocks_mean"] == len(KEEP) and rival["blocks_std"] == 0
+    assert rival["flops_mean"] == pytest.approx(model.flops(FixedBlocks(KEEP, 15).mask()[None]).item())
+    assert rival["accuracy"] == pytest.approx(meta["test_accuracy"])
+    assert (tmp_path / "ev2" / "accuracy_vs_flops.png").is_file()
+
+    with pytest.raises(UsageError, match="keep_blocks"):
+        evaluate_script.main(
+            evaluate_script.Args(**common, baselines="none", pruned=(init_checkpoint,), out=tmp_path / "e3")
+        )
