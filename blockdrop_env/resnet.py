@@ -215,13 +215,16 @@ def resnet32(num_classes: int = 10) -> CifarResNet:
 
 
 @torch.no_grad()
-def predict(model: CifarResNet, images: Tensor, keep: Tensor | None = None, batch_size: int = 1000) -> Tensor:
+def predict(
+    model: CifarResNet, images: Tensor, keep: Tensor | None = None, batch_size: int = 1000, gather_below: float = 0.0
+) -> Tensor:
     """Predicted classes (N,) of ``images`` under ``keep`` (N, K), in batches, on the model's device,
-    in fp32 (the accuracy a checkpoint records is that of the network itself)."""
+    in fp32 (the accuracy a checkpoint records is that of the network itself); ``gather_below``: see
+    :meth:`CifarResNet.features`."""
     device = next(model.parameters()).device
     preds = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
         k = None if keep is None else keep[start : start + batch_size].to(device)
-        preds.append(model(x, k).argmax(1))
+        preds.append(model(x, k, gather_below).argmax(1))
     return torch.cat(preds)

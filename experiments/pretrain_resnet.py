@@ -166,7 +166,7 @@ def accuracy(model: CifarResNet, images: torch.Tensor, labels: torch.Tensor, kee
     """Accuracy of the network (eval mode, fp32) running the blocks of ``keep`` on every image."""
     model.eval()
     mask = None if keep is None else keep.cpu().expand(len(images), -1)
-    return (predict(model, images, mask).cpu() == labels).float().mean().item()
+    return (predict(model, images, mask, gather_below=1.0).cpu() == labels).float().mean().item()  # dropped: skipped
 
 
 def main(args: Args) -> dict:
