@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agents.baselines import FixedBlocks, blocks_by_drop_cost
-from blockdrop_env.checkpoint import load_resnet
+from blockdrop_env.checkpoint import load_resnet, save_resnet
 from blockdrop_env.data import load_cifar
 from blockdrop_env.resnet import predict, resnet32
 from experiments import evaluate as evaluate_script
@@ -52,8 +52,6 @@ def test_the_pruned_forward_skips_dropped_blocks_and_equals_the_masked_one():
 @pytest.fixture()
 def init_checkpoint(tmp_path):
     """A ResNet-32 with non-trivial batch-norm statistics, to finetune."""
-    from blockdrop_env.checkpoint import save_resnet
-
     torch.manual_seed(0)
     path = tmp_path / "init.pt"
     save_resnet(path, trained_like(resnet32(), seed=2), test_accuracy=float("nan"))
