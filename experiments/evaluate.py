@@ -272,7 +272,9 @@ def main(args: Args) -> list[dict]:
     shippable = args.policy is not None and args.baselines != "none"
     require(args.ship is None or shippable, "--ship needs --policy and the full ResNet beside it (--baselines full)")
     require(not args.also or args.policy is not None, "--also needs --policy")
-    require(not args.published or args.depth == 32, "--published: the published points are the ResNet-32's")
+    require(
+        not args.published or args.depth in (32, 110), "--published: there are published points for depths 32 and 110"
+    )
     if args.ship is not None:
         try:
             check_ship_name(args.ship, args.overwrite)
@@ -338,7 +340,7 @@ def main(args: Args) -> list[dict]:
         name = f"pruned ResNet-{meta['depth']} ({len(blocks)} blocks, {path.stem})"
         rows.append({**static_row(name, evaluate(pruned_env, pruned)), "pruned": True, "keep_blocks": blocks})
     if args.published:
-        rows += published_rows()
+        rows += published_rows(args.depth)
 
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = env.task.checkpoint_meta.get("test_accuracy")

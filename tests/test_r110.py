@@ -124,9 +124,20 @@ def test_a_policy_for_another_depth_is_refused(r110_kwargs, tmp_path):
         )  # fmt: skip
 
 
-def test_published_points_are_refused_beside_the_r110(tmp_path):
-    from experiments import evaluate
-    from experiments.cli import UsageError
+def test_published_points_beside_the_r110_are_its_own():
+    from agents.policy import PolicyNet
+    from blockdrop_env.resnet import CifarResNet
+    from experiments.published import published_rows
 
-    with pytest.raises(UsageError, match="--published: the published points are the ResNet-32's"):
-        evaluate.main(evaluate.Args(depth=110, published=True, device="cpu", out=tmp_path / "eval"))
+    r110 = {r["name"]: r for r in published_rows(110)}
+    paper = r110["BlockDrop paper: ResNet-110 finetuned at -10"]
+    net = CifarResNet(110)
+    by_hand = net.fixed_flops + 16.93 * float(net.block_flops.sum()) / 54 + PolicyNet(54).flops()
+    assert paper["flops_mean"] == pytest.approx(by_hand) and paper["accuracy"] == 0.936
+    assert r110["He et al. 2016: ResNet-110"]["flops_mean"] == float(net.flops())
+    assert not any("ResNet-32 curriculum" in name for name in r110)
+    r32 = {r["name"] for r in published_rows(32)}
+    assert "He et al. 2016: ResNet-44" in r32 and "He et al. 2016: ResNet-56" not in r32
+    assert not any("ResNet-110" in name for name in r32)
+    with pytest.raises(ValueError, match="ResNet-56"):
+        published_rows(56)
