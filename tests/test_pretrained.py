@@ -99,7 +99,9 @@ def test_every_shipped_agent_loads_and_carries_its_card():
         card = policy_card(name)
         assert card["name"] == name and card["trained"]["command"] and card["evaluated"]
         assert [r["name"] for r in card["rows"]] == [f"BlockDrop ({name})", "full ResNet"]
-        assert agent.policy.num_blocks == 15 and 0 < card["rows"][0]["accuracy"] <= 1
+        # A ResNet-(6n+2) has 3n blocks; cards from before --depth are ResNet-32 agents.
+        depth = int(card["trained"]["args"].get("depth", 32))
+        assert agent.policy.num_blocks == (depth - 2) // 2 and 0 < card["rows"][0]["accuracy"] <= 1
 
 
 def test_evaluate_replaces_neither_a_shipped_agent_nor_a_training_runs_summary_without_overwrite(
