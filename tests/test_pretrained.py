@@ -10,6 +10,7 @@ import torch
 import agents.pretrained as pretrained
 from agents.pretrained import list_policies, load_policy, policy_card
 from agents.reinforce import BlockDropAgent, save_agent
+from blockdrop_env.resnet import CifarResNet
 from experiments import evaluate as evaluate_script
 from experiments.cli import UsageError
 
@@ -99,9 +100,8 @@ def test_every_shipped_agent_loads_and_carries_its_card():
         card = policy_card(name)
         assert card["name"] == name and card["trained"]["command"] and card["evaluated"]
         assert [r["name"] for r in card["rows"]] == [f"BlockDrop ({name})", "full ResNet"]
-        # A ResNet-(6n+2) has 3n blocks; cards from before --depth are ResNet-32 agents.
-        depth = int(card["trained"]["args"].get("depth", 32))
-        assert agent.policy.num_blocks == (depth - 2) // 2 and 0 < card["rows"][0]["accuracy"] <= 1
+        depth = int(card["trained"]["args"].get("depth", 32))  # cards from before --depth: ResNet-32
+        assert agent.policy.num_blocks == CifarResNet(depth).num_blocks and 0 < card["rows"][0]["accuracy"] <= 1
 
 
 def test_evaluate_replaces_neither_a_shipped_agent_nor_a_training_runs_summary_without_overwrite(
