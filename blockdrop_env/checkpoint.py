@@ -31,7 +31,7 @@ DEFAULT_CHECKPOINT = default_checkpoint()
 
 def shipped_depths(num_classes: int = 10) -> list[int]:
     """Depths of the ResNets the package ships for this many classes."""
-    return sorted(d for d in range(8, 1202, 6) if default_checkpoint(d, num_classes).is_file())
+    return sorted(d for d in range(8, 1203, 6) if default_checkpoint(d, num_classes).is_file())
 
 
 class CheckpointError(ValueError):

@@ -286,7 +286,7 @@ def test_pretraining_refuses_zero_sizes(synthetic_dir, tmp_path, bad):
         ("experiments.evaluate", ["--penalty", "3"], "--penalty must be <= 0"),
         ("experiments.compare", ["--algorithms", "dqn"], "--algorithms must be among"),
         ("experiments.compare", ["--save-every", "-1"], "--save-every must be 0 (no saves) or positive"),
-        ("experiments.bench", ["--deploy-depths", "44"], "--deploy-depths must be among the shipped"),
+        ("experiments.bench", ["--deploy-depths", "50"], "--deploy-depths must be among the shipped"),
         ("experiments.bench", ["--deploy-agents", "nope"], "nope is neither an agent checkpoint nor a shipped"),
         ("experiments.bench", ["--throughput-batches", "0"], "--throughput-batches must be positive batch sizes"),
         ("experiments.bench", ["--latency-images", "0"], "--latency-images must be a positive integer"),

@@ -85,8 +85,8 @@ def test_shipped_resnet110_scores_at_least_93_percent_on_real_test_images():
 
 
 def test_an_unshipped_depth_says_how_to_get_one(synthetic_dir):
-    with pytest.raises(FileNotFoundError, match="no pretrained ResNet-44 .* ships with the package yet"):
-        gym.make("BlockDrop-CIFAR10-R110", depth=44, data_dir=synthetic_dir, device="cpu")
+    with pytest.raises(FileNotFoundError, match="no pretrained ResNet-50 .* ships with the package yet"):
+        gym.make("BlockDrop-CIFAR10-R110", depth=50, data_dir=synthetic_dir, device="cpu")
 
 
 def test_agent_trains_and_evaluates_on_the_r110_env(r110_kwargs, tmp_path):
