@@ -48,6 +48,13 @@ residual is computed and the dropped ones are masked out, as the authors' ``fine
 follows the blocks kept, and with batch norm in train mode a block's batch statistics come from
 the images that use it. See docs/RESULTS.md for the measured speed and accuracy of each."""
 
+FinetuneTarget = Literal["sampled", "greedy"]
+"""Which action's ResNet forward the cross-entropy trains in joint finetuning. "sampled" (default):
+the explored action, as the authors' ``finetune.py`` did, so the ResNet learns under masks about a
+fifth of whose decisions are flipped by exploration (alpha 0.8); "greedy": the action the agent
+deploys, so the ResNet fits the block sets it is used with (the sampled action is still scored for
+the policy gradient)."""
+
 EntropyBonus = Literal["bernoulli", "authors"]
 """How the exploration bonus is computed from the bounded probabilities s'.
 
@@ -79,6 +86,8 @@ class ReinforceConfig:
     """Batch norm of the ResNet in finetuning; see :data:`FinetuneBatchNorm`."""
     finetune_forward: FinetuneForward = "masked"
     """Forward of the ResNet in finetuning; see :data:`FinetuneForward`."""
+    finetune_target: FinetuneTarget = "sampled"
+    """Action whose forward the ResNet's cross-entropy trains; see :data:`FinetuneTarget`."""
 
 
 def bounded(probs: Tensor, alpha: float) -> Tensor:
@@ -184,15 +193,22 @@ def train_step(
     if config.finetune:
         batch_stats = config.finetune_bn == "train"
         gather_below = 2.0 if config.finetune_forward == "kept" else 0.0  # above 1: every block gathers
+        on_greedy = config.finetune_target == "greedy"
+        trained, other = (greedy, sampled) if on_greedy else (sampled, greedy)
+        other_prediction = None
         base.resnet.train(batch_stats)
         with agent.autocast():
-            logits = base.resnet(images, sampled, gather_below=gather_below)
-            if batch_stats:  # the greedy action under batch statistics too, as the authors ran it
+            logits = base.resnet(images, trained, gather_below=gather_below)
+            if batch_stats:  # the other action under batch statistics too, as the authors ran it
                 with torch.no_grad():
-                    baseline_prediction = base.resnet(images, greedy, gather_below=gather_below).argmax(1)
+                    other_prediction = base.resnet(images, other, gather_below=gather_below).argmax(1)
         base.resnet.eval()  # the env's own forwards and every test walk use the running statistics
         loss_extra = F.cross_entropy(logits.float(), base.privileged_labels())
-        prediction = logits.detach().argmax(1)  # the env scores these instead of a forward of its own
+        # The env scores these instead of a forward of its own (None: it runs that one itself).
+        trained_prediction = logits.detach().argmax(1)
+        prediction, baseline_prediction = (
+            (other_prediction, trained_prediction) if on_greedy else (trained_prediction, other_prediction)
+        )
     # Without predictions, the greedy baseline is scored in the same ResNet forward as the sampled action.
     _, reward, _, _, info = env.step_with_baseline(
         sampled, greedy, prediction=prediction, baseline_prediction=baseline_prediction

@@ -43,6 +43,7 @@ from agents.reinforce import (
     EntropyBonus,
     FinetuneBatchNorm,
     FinetuneForward,
+    FinetuneTarget,
     ReinforceConfig,
     load_agent,
     make_optimizer,
@@ -106,6 +107,9 @@ class Args(DataArgs, ForwardArgs):
     """ResNet forward in finetuning: masked (every block computed, the dropped ones masked out, as the
     authors' finetune.py) or kept (each block runs on the images that keep it alone; less work, and
     batch statistics from those images)."""
+    finetune_target: FinetuneTarget = "sampled"
+    """Action whose ResNet forward the cross-entropy trains in finetuning: sampled (the explored
+    action, as the authors' finetune.py) or greedy (the action the agent deploys)."""
     alpha: float = 0.8
     """Bound of the exploration probabilities."""
     beta: float = 0.1
@@ -225,6 +229,7 @@ FINETUNE_ONLY = (
     "finetune_penalty",
     "finetune_bn",
     "finetune_forward",
+    "finetune_target",
 )
 
 
@@ -238,8 +243,10 @@ def unused_by_plan(args: Args) -> list[str]:
 def check_resume(args: Args, state: dict) -> None:
     """Refuse a resume whose arguments differ from the run's (see the module docstring)."""
     # Runs from before the validation split trained on all 50,000 images and walked the test split.
-    # Runs from before --finetune-forward computed every block (masked).
-    saved = {"train_split": "trainval", "eval_split": "test", "finetune_forward": "masked", **state["args"]}
+    # Runs from before --finetune-forward computed every block (masked); from before
+    # --finetune-target trained the ResNet under the sampled action.
+    older = dict(train_split="trainval", eval_split="test", finetune_forward="masked", finetune_target="sampled")
+    saved = {**older, **state["args"]}
     differ = resume_mismatch(saved, asdict(args), RESUME_MAY_CHANGE + unused_by_plan(args))
     require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
     plan, done = stages(args), state["epoch"]
@@ -377,6 +384,7 @@ def enter_stage(job: Training, name: str, state: dict | None) -> None:
         finetune=name == "finetune",
         finetune_bn=args.finetune_bn,
         finetune_forward=args.finetune_forward,
+        finetune_target=args.finetune_target,
     )
     job.optimizer = make_optimizer(job.agent, env, job.config)
     job.eval_env.task.penalty = env.unwrapped.task.penalty  # walk rewards on the stage's terms

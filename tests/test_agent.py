@@ -233,6 +233,29 @@ def test_finetuning_on_kept_blocks_only_matches_the_masked_forward_under_frozen_
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(masked_grads, kept_grads, strict=True))
 
 
+def test_finetuning_on_the_greedy_action_trains_the_resnet_under_the_mask_the_agent_deploys(env_kwargs):
+    # Both actions are scored either way, so the policy gradient's rewards do not change; only the
+    # mask under which the cross-entropy trains the ResNet does.
+    results = {}
+    for target in ("sampled", "greedy"):
+        env = BlockDropVectorEnv(num_envs=8, split="train", augment=False, penalty=-5.0, precision="fp32", **env_kwargs)
+        trained_like(env.resnet, seed=2)
+        env.reset(seed=0)
+        images, labels, resnet = env.images.clone(), env.privileged_labels().clone(), copy.deepcopy(env.resnet)
+        torch.manual_seed(3)  # the same policy for both
+        agent = BlockDropAgent(device="cpu", precision="fp32")
+        config = ReinforceConfig(lr=1e-3, beta=0.0, finetune=True, finetune_bn="frozen", finetune_target=target)
+        stats = train_step(agent, env, make_optimizer(agent, env, config), config, torch.Generator().manual_seed(5))
+        results[target] = stats
+    sampled, greedy = results["sampled"], results["greedy"]
+    assert torch.equal(sampled["reward"], greedy["reward"]) and torch.equal(sampled["greedy"], greedy["greedy"])
+    assert torch.equal(sampled["reward_greedy"], greedy["reward_greedy"])
+    with torch.no_grad():
+        under_greedy = torch.nn.functional.cross_entropy(resnet.eval()(images, greedy["greedy"]), labels)
+    assert torch.allclose(greedy["ce"], under_greedy, atol=1e-5)
+    assert not torch.allclose(sampled["ce"], under_greedy, atol=1e-5)  # exploration flipped some blocks
+
+
 @pytest.mark.parametrize("gather_below", [0.0, 2.0])
 def test_kept_blocks_forward_takes_batch_statistics_from_the_images_that_keep_a_block(gather_below):
     torch.manual_seed(0)
