@@ -141,7 +141,8 @@ class Args(DataArgs, ForwardArgs):
     eval_split: Literal["val", "test"] = "val"
     """Split of the walks during training: val (choose epochs on it) or test."""
     stop_after: int | None = None
-    """Stop this run after this many epochs (for time-boxed runs; --resume continues)."""
+    """Stop after this many more epochs, counted from where this invocation starts (for time-boxed
+    runs; --resume continues)."""
     resume: bool = False
     """Continue the run in --out exactly where its checkpoint left it."""
     overwrite: bool = False
