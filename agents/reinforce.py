@@ -48,12 +48,12 @@ residual is computed and the dropped ones are masked out, as the authors' ``fine
 follows the blocks kept, and with batch norm in train mode a block's batch statistics come from
 the images that use it. See docs/RESULTS.md for the measured speed and accuracy of each."""
 
-FinetuneTarget = Literal["sampled", "greedy"]
+FinetuneTarget = Literal["sampled", "greedy", "both"]
 """Which action's ResNet forward the cross-entropy trains in joint finetuning. "sampled" (default):
 the explored action, as the authors' ``finetune.py`` did, so the ResNet learns under masks about a
 fifth of whose decisions are flipped by exploration (alpha 0.8); "greedy": the action the agent
 deploys, so the ResNet fits the block sets it is used with (the sampled action is still scored for
-the policy gradient)."""
+the policy gradient); "both": the mean of the two cross-entropies."""
 
 EntropyBonus = Literal["bernoulli", "authors"]
 """How the exploration bonus is computed from the bounded probabilities s'.
@@ -193,22 +193,27 @@ def train_step(
     if config.finetune:
         batch_stats = config.finetune_bn == "train"
         gather_below = 2.0 if config.finetune_forward == "kept" else 0.0  # above 1: every block gathers
-        on_greedy = config.finetune_target == "greedy"
-        trained, other = (greedy, sampled) if on_greedy else (sampled, greedy)
-        other_prediction = None
+        target = config.finetune_target
+        if target not in ("sampled", "greedy", "both"):
+            raise ValueError(f"finetune target must be 'sampled', 'greedy' or 'both'; got {target!r}")
+        actions = {"sampled": sampled, "greedy": greedy}
+        trained = {"sampled": target != "greedy", "greedy": target != "sampled"}
+        predictions: dict[str, Tensor | None] = {"sampled": None, "greedy": None}
+        losses = []
         base.resnet.train(batch_stats)
         with agent.autocast():
-            logits = base.resnet(images, trained, gather_below=gather_below)
-            if batch_stats:  # the other action under batch statistics too, as the authors ran it
-                with torch.no_grad():
-                    other_prediction = base.resnet(images, other, gather_below=gather_below).argmax(1)
+            for name in sorted(actions, key=lambda n: not trained[n]):  # the trained forwards first
+                # Under batch statistics the untrained action is scored here too, as the authors
+                # ran it; otherwise the env scores it with a forward of its own (prediction None).
+                if trained[name] or batch_stats:
+                    with torch.set_grad_enabled(trained[name]):
+                        logits = base.resnet(images, actions[name], gather_below=gather_below)
+                    predictions[name] = logits.detach().argmax(1)
+                    if trained[name]:
+                        losses.append(F.cross_entropy(logits.float(), base.privileged_labels()))
         base.resnet.eval()  # the env's own forwards and every test walk use the running statistics
-        loss_extra = F.cross_entropy(logits.float(), base.privileged_labels())
-        # The env scores these instead of a forward of its own (None: it runs that one itself).
-        trained_prediction = logits.detach().argmax(1)
-        prediction, baseline_prediction = (
-            (other_prediction, trained_prediction) if on_greedy else (trained_prediction, other_prediction)
-        )
+        loss_extra = torch.stack(losses).mean()
+        prediction, baseline_prediction = predictions["sampled"], predictions["greedy"]
     # Without predictions, the greedy baseline is scored in the same ResNet forward as the sampled action.
     _, reward, _, _, info = env.step_with_baseline(
         sampled, greedy, prediction=prediction, baseline_prediction=baseline_prediction

@@ -109,7 +109,7 @@ class Args(DataArgs, ForwardArgs):
     batch statistics from those images)."""
     finetune_target: FinetuneTarget = "sampled"
     """Action whose ResNet forward the cross-entropy trains in finetuning: sampled (the explored
-    action, as the authors' finetune.py) or greedy (the action the agent deploys)."""
+    action, as the authors' finetune.py), greedy (the action the agent deploys) or both (the mean)."""
     alpha: float = 0.8
     """Bound of the exploration probabilities."""
     beta: float = 0.1

@@ -233,27 +233,41 @@ def test_finetuning_on_kept_blocks_only_matches_the_masked_forward_under_frozen_
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(masked_grads, kept_grads, strict=True))
 
 
-def test_finetuning_on_the_greedy_action_trains_the_resnet_under_the_mask_the_agent_deploys(env_kwargs):
+@pytest.mark.parametrize("batch_norm", ["frozen", "train"])
+def test_finetuning_target_picks_the_actions_whose_cross_entropy_trains_the_resnet(env_kwargs, batch_norm):
     # Both actions are scored either way, so the policy gradient's rewards do not change; only the
-    # mask under which the cross-entropy trains the ResNet does.
+    # masks under which the cross-entropy trains the ResNet do.
     results = {}
-    for target in ("sampled", "greedy"):
+    for target in ("sampled", "greedy", "both"):
         env = BlockDropVectorEnv(num_envs=8, split="train", augment=False, penalty=-5.0, precision="fp32", **env_kwargs)
         trained_like(env.resnet, seed=2)
         env.reset(seed=0)
         images, labels, resnet = env.images.clone(), env.privileged_labels().clone(), copy.deepcopy(env.resnet)
-        torch.manual_seed(3)  # the same policy for both
+        torch.manual_seed(3)  # the same policy for all
         agent = BlockDropAgent(device="cpu", precision="fp32")
-        config = ReinforceConfig(lr=1e-3, beta=0.0, finetune=True, finetune_bn="frozen", finetune_target=target)
+        config = ReinforceConfig(lr=1e-3, beta=0.0, finetune=True, finetune_bn=batch_norm, finetune_target=target)
         stats = train_step(agent, env, make_optimizer(agent, env, config), config, torch.Generator().manual_seed(5))
         results[target] = stats
-    sampled, greedy = results["sampled"], results["greedy"]
-    assert torch.equal(sampled["reward"], greedy["reward"]) and torch.equal(sampled["greedy"], greedy["greedy"])
-    assert torch.equal(sampled["reward_greedy"], greedy["reward_greedy"])
+    sampled, greedy, both = results["sampled"], results["greedy"], results["both"]
+    for other in (greedy, both):
+        assert torch.equal(sampled["reward"], other["reward"]) and torch.equal(sampled["greedy"], other["greedy"])
+        assert torch.equal(sampled["reward_greedy"], other["reward_greedy"])
     with torch.no_grad():
-        under_greedy = torch.nn.functional.cross_entropy(resnet.eval()(images, greedy["greedy"]), labels)
+        under_greedy = torch.nn.functional.cross_entropy(
+            resnet.train(batch_norm == "train")(images, greedy["greedy"]), labels
+        )
     assert torch.allclose(greedy["ce"], under_greedy, atol=1e-5)
     assert not torch.allclose(sampled["ce"], under_greedy, atol=1e-5)  # exploration flipped some blocks
+    assert torch.allclose(both["ce"], (sampled["ce"] + greedy["ce"]) / 2, atol=1e-5)
+
+
+def test_an_unknown_finetuning_target_is_refused(env_kwargs):
+    env = BlockDropVectorEnv(num_envs=2, split="train", augment=False, precision="fp32", **env_kwargs)
+    env.reset(seed=0)
+    agent = BlockDropAgent(device="cpu", precision="fp32")
+    config = ReinforceConfig(finetune=True, finetune_target="greed")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finetune target must be 'sampled', 'greedy' or 'both'; got 'greed'"):
+        train_step(agent, env, make_optimizer(agent, env, config), config, torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("gather_below", [0.0, 2.0])
