@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -194,7 +194,7 @@ def train_step(
         batch_stats = config.finetune_bn == "train"
         gather_below = 2.0 if config.finetune_forward == "kept" else 0.0  # above 1: every block gathers
         target = config.finetune_target
-        if target not in ("sampled", "greedy", "both"):
+        if target not in get_args(FinetuneTarget):
             raise ValueError(f"finetune target must be 'sampled', 'greedy' or 'both'; got {target!r}")
         actions = {"sampled": sampled, "greedy": greedy}
         trained = {"sampled": target != "greedy", "greedy": target != "sampled"}
