@@ -89,6 +89,25 @@ class ReinforceConfig:
     finetune_target: FinetuneTarget = "sampled"
     """Action whose forward the ResNet's cross-entropy trains; see :data:`FinetuneTarget`."""
 
+    def __post_init__(self) -> None:
+        # A misspelt choice would otherwise act as another one (the code tests for one value).
+        choices = {
+            "entropy": EntropyBonus,
+            "finetune_bn": FinetuneBatchNorm,
+            "finetune_forward": FinetuneForward,
+            "finetune_target": FinetuneTarget,
+        }
+        for field, kind in choices.items():
+            value, allowed = getattr(self, field), get_args(kind)
+            if value not in allowed:
+                raise ValueError(f"{field} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        if not self.lr >= 0:
+            raise ValueError(f"lr must be >= 0; got {self.lr}")
+        if not 0.5 < self.alpha <= 1:  # at 0.5 every s' is 1/2: the policy gets no gradient
+            raise ValueError(f"alpha must lie in (0.5, 1]; got {self.alpha}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0; got {self.beta}")
+
 
 def bounded(probs: Tensor, alpha: float) -> Tensor:
     """Exploration probabilities s' = alpha*s + (1-alpha)*(1-s), kept away from 0 and 1."""
@@ -194,8 +213,6 @@ def train_step(
         batch_stats = config.finetune_bn == "train"
         gather_below = 2.0 if config.finetune_forward == "kept" else 0.0  # above 1: every block gathers
         target = config.finetune_target
-        if target not in get_args(FinetuneTarget):
-            raise ValueError(f"finetune target must be 'sampled', 'greedy' or 'both'; got {target!r}")
         actions = {"sampled": sampled, "greedy": greedy}
         trained = {"sampled": target != "greedy", "greedy": target != "sampled"}
         predictions: dict[str, Tensor | None] = {"sampled": None, "greedy": None}

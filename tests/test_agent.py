@@ -261,13 +261,23 @@ def test_finetuning_target_picks_the_actions_whose_cross_entropy_trains_the_resn
     assert torch.allclose(both["ce"], (sampled["ce"] + greedy["ce"]) / 2, atol=1e-5)
 
 
-def test_an_unknown_finetuning_target_is_refused(env_kwargs):
-    env = BlockDropVectorEnv(num_envs=2, split="train", augment=False, precision="fp32", **env_kwargs)
-    env.reset(seed=0)
-    agent = BlockDropAgent(device="cpu", precision="fp32")
-    config = ReinforceConfig(finetune=True, finetune_target="greed")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="finetune target must be 'sampled', 'greedy' or 'both'; got 'greed'"):
-        train_step(agent, env, make_optimizer(agent, env, config), config, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("finetune_target", "greed", "finetune_target must be one of 'sampled', 'greedy', 'both'; got 'greed'"),
+        ("finetune_bn", "eval", "finetune_bn must be one of 'frozen', 'train'; got 'eval'"),
+        ("finetune_forward", "gather", "finetune_forward must be one of 'masked', 'kept'; got 'gather'"),
+        ("entropy", "shannon", "entropy must be one of 'bernoulli', 'authors'; got 'shannon'"),
+        ("alpha", 0.5, r"alpha must lie in \(0.5, 1\]; got 0.5"),
+        ("alpha", float("nan"), r"alpha must lie in \(0.5, 1\]; got nan"),
+        ("lr", -1e-3, "lr must be >= 0; got -0.001"),
+        ("beta", float("nan"), "beta must be >= 0; got nan"),
+    ],
+)
+def test_a_config_with_an_unknown_choice_or_a_bad_number_is_refused(field, value, message):
+    # Refused when built: a misspelt choice would otherwise act as another one in train_step.
+    with pytest.raises(ValueError, match=message):
+        ReinforceConfig(finetune=True, **{field: value})
 
 
 @pytest.mark.parametrize("gather_below", [0.0, 2.0])
