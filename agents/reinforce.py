@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from blockdrop_env.checkpoint import atomic_save, load_checkpoint, require_finite_weights
+from blockdrop_env.choices import check_choice
 from blockdrop_env.device import Precision, autocast, check_precision, resolve_device
 from blockdrop_env.inference import CompileMode
 
@@ -98,9 +99,7 @@ class ReinforceConfig:
             "finetune_target": FinetuneTarget,
         }
         for field, kind in choices.items():
-            value, allowed = getattr(self, field), get_args(kind)
-            if value not in allowed:
-                raise ValueError(f"{field} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+            check_choice(field, getattr(self, field), kind)
         if not self.lr >= 0:
             raise ValueError(f"lr must be >= 0; got {self.lr}")
         if not 0.5 < self.alpha <= 1:  # at 0.5 every s' is 1/2: the policy gets no gradient

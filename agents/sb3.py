@@ -13,6 +13,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
+from blockdrop_env.choices import check_choice
 from blockdrop_env.sb3 import SB3VecEnv
 
 from .policy import resnet8_trunk
@@ -96,8 +97,7 @@ def make_algorithm(
     ``"BlockDrop-CIFAR10-R32"``, made with :func:`make_sb3_env` (``num_envs`` images per step,
     ``env_kwargs`` for the env, on ``device``). ``overrides`` go to the algorithm."""
     name = name.lower()
-    if name not in DEFAULTS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {name!r}")
+    check_choice("algorithm", name, ALGORITHMS)
     if isinstance(env, str):
         env = make_sb3_env(env, num_envs, device=device, **(env_kwargs or {}))
     elif env_kwargs:

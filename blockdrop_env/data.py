@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .choices import check_choice
+
 ENV_VAR = "BLOCKDROP_DATA_DIR"
 SPLITS = ("train", "val", "trainval", "test")
 """Split names; "train" and "val" partition "trainval" (see the module docstring)."""
@@ -135,9 +137,7 @@ def find_dataset(dataset: str = "cifar10", data_dir: str | os.PathLike | None = 
 
 
 def _layout(dataset: str) -> Layout:
-    if dataset not in LAYOUTS:
-        raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
-    return LAYOUTS[dataset]
+    return LAYOUTS[check_choice("dataset", dataset, LAYOUTS)]
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -231,8 +231,7 @@ def load_cifar(
 
     The tensors are cached per folder and shared between callers: treat them as read-only.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    check_choice("split", split, SPLITS)
     folder = find_dataset(dataset, data_dir, download)
     return _load_cached(str(folder.resolve()), dataset, split)
 

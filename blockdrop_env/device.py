@@ -7,9 +7,11 @@ import functools
 import os
 import platform
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
+
+from .choices import check_choice
 
 Precision = Literal["auto", "fp32"]
 """``"auto"``: half precision where the device computes it natively (bf16 autocast for training on
@@ -39,9 +41,7 @@ def synchronize(device: torch.device) -> None:
 
 def check_precision(precision: str) -> Precision:
     """``precision`` if it is one of :data:`Precision`, else a ValueError saying what is."""
-    if precision not in get_args(Precision):
-        raise ValueError(f"precision must be one of {get_args(Precision)}; got {precision!r}")
-    return precision  # type: ignore[return-value]
+    return check_choice("precision", precision, Precision)
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:

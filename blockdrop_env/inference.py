@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from .choices import check_choice
 from .device import Precision, check_precision, cpu_has_native_bf16
 from .resnet import CifarResNet
 
@@ -65,14 +66,11 @@ class ForwardOptions:
     ``TRITON_INTERPRET=1``); None: torch operations."""
 
     def __post_init__(self) -> None:
-        if self.dtype not in get_args(ForwardDtype):
-            raise ValueError(f"dtype must be one of {get_args(ForwardDtype)}; got {self.dtype!r}")
-        if self.fused is not None and self.fused not in get_args(FusedKernels):
-            raise ValueError(f"fused must be None, 'one' or 'two'; got {self.fused!r}")
+        check_choice("dtype", self.dtype, ForwardDtype)
+        check_choice("fused", self.fused, FusedKernels, none_ok=True)
+        check_choice("compile", self.compile, CompileMode, none_ok=True)
         if self.fused and (self.compile is not None or self.gather_below > 0):
             raise ValueError("fused blocks skip dropped images themselves: no compile, no gather/scatter")
-        if self.compile is not None and self.compile not in get_args(CompileMode):
-            raise ValueError(f"compile must be None or one of {get_args(CompileMode)}; got {self.compile!r}")
         if self.compile is not None and self.gather_below > 0:
             raise ValueError("gather/scatter shapes depend on the data: it cannot be compiled (gather_below=0)")
         for name in ("chunk", "pad_to"):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import load_resnet
+from .choices import check_choice
 from .data import LAYOUTS, SPLITS, load_cifar, random_crop_flip
 from .device import Precision, resolve_device
 from .inference import PLAIN, CompileMode, ForwardOptions, FusedKernels, MaskedPredictor
@@ -128,14 +129,12 @@ class BlockDropTask:
         precision: Precision = "auto",
         forward: ForwardOptions | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        check_choice("split", split, SPLITS)
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float, np.integer, np.floating)):
             raise ValueError(f"penalty must be a number <= 0; got {penalty!r}")
         if not np.isfinite(penalty) or penalty > 0:
             raise ValueError(f"penalty must be a finite number <= 0 (the reward of a wrong answer); got {penalty!r}")
-        if dataset not in LAYOUTS:
-            raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}; got {dataset!r}")
+        check_choice("dataset", dataset, LAYOUTS)
         if sum(map(bool, (plain, compile or fused or precision != "auto", forward))) > 1:
             raise ValueError(
                 "pass one of plain=True (the reference), compile/fused/precision, or forward=ForwardOptions(...)"

@@ -4,6 +4,7 @@ that say what was expected (one line from a script)."""
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.reinforce import ReinforceConfig
+from agents.sb3 import make_algorithm
 from blockdrop_env import BlockDropEnv, BlockDropVectorEnv
 from blockdrop_env import device as device_module
+from blockdrop_env.data import load_cifar
 from blockdrop_env.inference import ForwardOptions
 from experiments import compare, pretrain_resnet, train_blockdrop
 from experiments import evaluate as evaluate_script
@@ -263,6 +267,26 @@ def test_a_non_numeric_penalty_says_what_was_expected(penalty, env_kwargs):
 def test_a_bad_limit_says_what_was_expected(limit, env_kwargs):
     with pytest.raises(ValueError, match="limit must be None or a positive integer"):
         BlockDropVectorEnv(num_envs=2, limit=limit, **env_kwargs)
+
+
+# Every place that takes one of a few named choices answers a wrong one in the same words, listing
+# what it takes; an unhashable value is refused the same way rather than with a TypeError.
+@pytest.mark.parametrize(
+    "refuse, says",
+    [
+        (lambda: ForwardOptions(dtype="fp8"), "dtype must be one of 'float32', 'float16', 'bfloat16'; got 'fp8'"),
+        (lambda: ForwardOptions(fused="three"), "fused must be None or one of 'one', 'two'; got 'three'"),
+        (lambda: ForwardOptions(compile=["default"]), "compile must be None or one of 'default', "),
+        (lambda: device_module.check_precision("bf16"), "precision must be one of 'auto', 'fp32'; got 'bf16'"),
+        (lambda: load_cifar("valid"), "split must be one of 'train', 'val', 'trainval', 'test'; got 'valid'"),
+        (lambda: load_cifar("test", dataset="svhn"), "dataset must be one of 'cifar10', 'cifar100'; got 'svhn'"),
+        (lambda: ReinforceConfig(entropy=None), "entropy must be one of 'bernoulli', 'authors'; got None"),
+        (lambda: make_algorithm("dqn", "BlockDrop-CIFAR10-R32"), "algorithm must be one of 'ppo', 'a2c', 'trpo'"),
+    ],
+)
+def test_a_wrong_choice_is_refused_in_the_same_words_everywhere(refuse, says):
+    with pytest.raises(ValueError, match="^" + re.escape(says)):
+        refuse()
 
 
 @given(alpha=st.floats(allow_nan=False, allow_infinity=False).filter(lambda a: not 0.5 < a <= 1))
