@@ -119,6 +119,9 @@ class Args(DataArgs):
     """Test images classified one at a time for the batch-1 latency percentiles."""
     throughput_batches: tuple[int, ...] = (64, 256)
     """Batches of the deploy section's throughput (each a pass over the whole test split)."""
+    deploy_rounds: int = 5
+    """Rounds of the deploy section: the models take turns, each timed on a 1/rounds share of the
+    images per round, so that a drift in the machine's speed reaches them all alike."""
     out: Path = Path("runs/bench")
     """Folder for bench.json and bench.md (rewritten after every figure, so a run cut off keeps its
     figures); the committed results live under results/bench/, each with its command."""
@@ -334,7 +337,7 @@ def check_args(args: Args) -> None:
     seconds = args.min_seconds
     require(math.isfinite(seconds) and seconds > 0, f"--min-seconds must be a finite number > 0; got {seconds}")
     batches = ("reference_batch", "agent_batch", "finetune_batch", "pretrain_batch")
-    require_positive(args, *batches, "sb3_steps", "epoch_images", "agreement_limit", "latency_images")
+    require_positive(args, *batches, "sb3_steps", "epoch_images", "agreement_limit", "latency_images", "deploy_rounds")
     for name in ("env_batches", "compiled_batches", "throughput_batches"):
         values = getattr(args, name) or ()
         require(all(v >= 1 for v in values), f"{flag(name)} must be positive batch sizes; got {values}")
@@ -541,10 +544,15 @@ def main(args: Args) -> dict:
         depths = set(args.deploy_depths or shipped_depths()) | {deploy.STATIC_REFERENCE_DEPTH}
         models = [deploy.static_resnet(d, device) for d in sorted(depths | {m.depth for m in models})] + models
         images, labels = (t.to(device) for t in load_cifar("test", args.data_dir))
-        rows = []
-        for model in models:
-            rows.append(deploy.measure(model, images, labels, args.latency_images, args.throughput_batches))
-            print(f"deploy: {model.name} measured", flush=True)
+        rows = deploy.measure(
+            models,
+            images,
+            labels,
+            args.latency_images,
+            args.throughput_batches,
+            args.deploy_rounds,
+            on_round=lambda r: print(f"deploy: round {r} measured", flush=True),
+        )
         report.deploy = deploy.with_ratios(rows)
         deploy.plot(report.deploy, args.out / "deploy.png")
         report.save()

@@ -4,8 +4,9 @@ with their batch norms folded into the convolutions (the deployed form). For eac
 FLOPs per image, per-image latency at batch 1 (median and 90th percentile, one thread and all) and
 throughput at larger batches, each as a ratio to a reference network measured in the same run: an
 agent's to the full ResNet it drops blocks of, a static ResNet's to the ResNet-32 (the env's
-default). Used by the ``deploy`` section of ``experiments.bench``; its table and plot are
-:func:`markdown` and :func:`plot`.
+default). The models take turns in rounds (:func:`measure`), so that a drift in the machine's speed
+during the run does not favour the models measured first. Used by the ``deploy`` section of
+``experiments.bench``; its table and plot are :func:`markdown` and :func:`plot`.
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ def latency_ms(
 
 
 @torch.inference_mode()
-def accuracy_and_throughput(model: Deployed, images: Tensor, labels: Tensor, batch: int) -> dict[str, float]:
-    """One timed pass over ``images`` in batches of ``batch`` (after one warm-up batch): images/s,
-    accuracy and mean FLOPs per image."""
+def timed_pass(model: Deployed, images: Tensor, labels: Tensor, batch: int) -> Tensor:
+    """One timed pass over ``images`` in batches of ``batch`` (after one warm-up batch): seconds,
+    images classified right and FLOPs summed over the images (float64, on the host)."""
     model.classify(images[:batch])
     synchronize(images.device)
     correct, flops = torch.zeros((), device=images.device), torch.zeros((), dtype=torch.float64, device=images.device)
@@ -106,38 +107,66 @@ def accuracy_and_throughput(model: Deployed, images: Tensor, labels: Tensor, bat
         flops += image_flops.sum()
     synchronize(images.device)
     seconds = time.perf_counter() - t0
-    return {
-        "images_per_s": len(images) / seconds,
-        "accuracy": correct.item() / len(images),
-        "flops": flops.item() / len(images),
-    }
+    return torch.stack([torch.tensor(seconds, dtype=torch.float64), correct.double().cpu(), flops.cpu()])
 
 
 def measure(
-    model: Deployed,
+    models: list[Deployed],
     images: Tensor,
     labels: Tensor,
     latency_images: int,
     throughput_batches: tuple[int, ...],
-) -> dict:
-    """A model's row: accuracy, FLOPs, batch-1 latency (first ``latency_images`` images; one
-    thread and all, on the CPU) and throughput at each batch (all of ``images``)."""
-    row: dict = {"name": model.name, "kind": model.kind, "depth": model.depth, "reference": model.reference_depth}
+    rounds: int = 5,
+    on_round: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Each model's row: accuracy, FLOPs, batch-1 latency (first ``latency_images`` images; one
+    thread and all, on the CPU) and throughput at each batch (all of ``images``).
+
+    The models take turns in ``rounds`` rounds, each round timing every model on its share of the
+    images: a drift in the machine's speed during the run (a shared VM's neighbours, clock changes)
+    then reaches every model alike, not only those measured last, so the ratios between models
+    hold. Percentiles are over every image's latency, throughput over all the rounds' passes."""
     threads = {"1 thread": 1, "all threads": None} if images.device.type == "cpu" else {"": None}
-    for label, count in threads.items():
-        ms = latency_ms(model.classify, images[:latency_images], count)
-        row[f"latency {label}".strip()] = {"p50_ms": ms.median().item(), "p90_ms": ms.quantile(0.9).item()}
-        if model.decide is not None:
-            row[f"policy latency {label}".strip()] = (
-                latency_ms(model.decide, images[:latency_images], count).median().item()
+    latency_images = min(latency_images, len(images))
+    rounds = max(1, min(rounds, latency_images))
+    shares = zip(
+        torch.arange(latency_images).tensor_split(rounds), torch.arange(len(images)).tensor_split(rounds), strict=True
+    )
+    times: list[dict[str, list[Tensor]]] = [{} for _ in models]
+    passes = [{batch: torch.zeros(3, dtype=torch.float64) for batch in throughput_batches} for _ in models]
+    for r, (latency_share, pass_share) in enumerate(shares):
+        for model, model_times, model_passes in zip(models, times, passes, strict=True):
+            for label, count in threads.items():
+                calls = {f"latency {label}".strip(): model.classify}
+                if model.decide is not None:
+                    calls[f"policy latency {label}".strip()] = model.decide
+                for key, call in calls.items():
+                    model_times.setdefault(key, []).append(latency_ms(call, images[latency_share], count))
+            for batch in throughput_batches:
+                model_passes[batch] += timed_pass(model, images[pass_share], labels[pass_share], batch)
+        if on_round is not None:
+            on_round(r + 1)
+    rows = []
+    for model, model_times, model_passes in zip(models, times, passes, strict=True):
+        row: dict = {"name": model.name, "kind": model.kind, "depth": model.depth, "reference": model.reference_depth}
+        for key, parts in model_times.items():
+            ms = torch.cat(parts)
+            row[key] = (
+                ms.median().item()
+                if key.startswith("policy")
+                else {
+                    "p50_ms": ms.median().item(),
+                    "p90_ms": ms.quantile(0.9).item(),
+                }
             )
-    row["latency_images"] = min(latency_images, len(images))
-    for batch in throughput_batches:
-        measured = accuracy_and_throughput(model, images, labels, batch)
-        row.setdefault("accuracy", measured["accuracy"])
-        row.setdefault("flops", measured["flops"])
-        row[f"throughput batch {batch}"] = measured["images_per_s"]
-    return row
+        row["latency_images"] = latency_images
+        row["rounds"] = rounds
+        for batch, (seconds, correct, flops) in model_passes.items():
+            row.setdefault("accuracy", correct.item() / len(images))
+            row.setdefault("flops", flops.item() / len(images))
+            row[f"throughput batch {batch}"] = len(images) / seconds.item()
+        rows.append(row)
+    return rows
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
