@@ -10,7 +10,8 @@ heuristic baselines (full ResNet, FirstK and RandomK for K = 1..15).
     python -m experiments.evaluate --depth 110 --pruned runs/pruned/r110-k20.pt   # a pruned rival beside the baselines
 
 Writes ``summary.json``, ``table.md`` and plots (accuracy against FLOPs; with a policy also a
-histogram of blocks kept, block usage per class and the images of the most frequent policies).
+histogram of blocks kept, block usage per class and the images of the most frequent policies). With
+--static, each other row's gap to the line through our static ResNets at its FLOPs is a column too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from agents.baselines import FixedBlocks, FullPolicy, blocks_by_drop_cost, drop_landscape, heuristic_policies
@@ -118,6 +120,29 @@ def static_row(name: str, ev: Evaluation) -> dict:
     return {**row(name, ev), "static": True, "reward_mean": None}
 
 
+def is_our_static(r: dict) -> bool:
+    """A point of our static line: the full ResNet evaluated and the shipped static ResNets
+    (--static), not published figures nor pruned networks."""
+    return (bool(r.get("static")) and not r.get("published") and not r.get("pruned")) or r["name"] == "full ResNet"
+
+
+def with_static_line_gap(rows: list[dict]) -> list[dict]:
+    """The rows, each with ``vs_static_line``: its accuracy less the accuracy of the line through our
+    static ResNets' points (straight between neighbours) at its FLOPs, as a fraction; above 0, the
+    row beats a static network of its cost. None for the line's own points, outside its span, and
+    where there are fewer than two points."""
+    line = sorted((r["flops_mean"], r["accuracy"]) for r in rows if is_our_static(r))
+    flops, accuracy = zip(*line, strict=True) if line else ((), ())
+    gapped = []
+    for r in rows:
+        gap = None
+        inside = len(line) >= 2 and r["flops_mean"] is not None and flops[0] <= r["flops_mean"] <= flops[-1]
+        if inside and not is_our_static(r):
+            gap = r["accuracy"] - float(np.interp(r["flops_mean"], flops, accuracy))
+        gapped.append({**r, "vs_static_line": gap})
+    return gapped
+
+
 def _cell(value: float | None, fmt: str, std: float | None = None, scale: float = 1.0) -> str:
     if value is None:
         return ""
@@ -126,10 +151,12 @@ def _cell(value: float | None, fmt: str, std: float | None = None, scale: float 
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Blank cells where a row has no figure (a published point, a static ResNet's reward)."""
+    """Blank cells where a row has no figure (a published point, a static ResNet's reward, the gap
+    to the static line of a row outside it; see :func:`with_static_line_gap`)."""
     lines = [
-        "| policy | accuracy (%) | blocks kept (mean +- std) | GFLOPs (mean +- std) | unique policies | mean reward |",
-        "|---|---|---|---|---|---|",
+        "| policy | accuracy (%) | blocks kept (mean +- std) | GFLOPs (mean +- std) | unique policies | mean reward "
+        "| vs our static line (points) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = (
@@ -138,6 +165,7 @@ def markdown_table(rows: list[dict]) -> str:
             _cell(r["flops_mean"], ".4f", r["flops_std"], scale=1e-9),
             "" if r["unique_policies"] is None else str(r["unique_policies"]),
             _cell(r["reward_mean"], ".4f"),
+            _cell(r.get("vs_static_line"), "+.2f", scale=100),
         )
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -148,11 +176,7 @@ def plot_accuracy_flops(rows: list[dict], path: Path) -> None:
     published) as fronts, every policy as a star, published agents as hollow diamonds. With a static
     front or a policy, a second panel zooms on the accuracy of the networks worth using."""
     heuristic = ("FirstK", "RandomK", "drop block")
-    ours = [
-        r
-        for r in rows
-        if (r.get("static") and not r.get("published") and not r.get("pruned")) or r["name"] == "full ResNet"
-    ]
+    ours = [r for r in rows if is_our_static(r)]
     published = [r for r in rows if r.get("published") and r["flops_mean"] is not None]
     policies = [r for r in rows if not (r["name"].startswith(heuristic) or r in ours or r.get("published"))]
     focus = ours[1:] + published + policies
@@ -342,6 +366,7 @@ def main(args: Args) -> list[dict]:
     if args.published:
         rows += published_rows(args.depth)
 
+    rows = with_static_line_gap(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = env.task.checkpoint_meta.get("test_accuracy")
     drops = [r["accuracy"] for r in rows if r["name"].startswith("drop block")]
