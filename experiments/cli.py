@@ -21,6 +21,7 @@ import tyro
 from tqdm import tqdm
 
 from blockdrop_env.checkpoint import CheckpointError
+from blockdrop_env.choices import check_choice
 from blockdrop_env.data import CifarFormatError, find_dataset
 from blockdrop_env.device import resolve_device
 
@@ -73,6 +74,14 @@ def require(condition: bool, message: str) -> None:
 def flag(name: str) -> str:
     """The command-line flag of an argument's field name: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
+
+
+def require_choice(args: object, name: str, choices: Any) -> None:
+    """The named argument is one of ``choices``, refused in :func:`check_choice`'s words."""
+    try:
+        check_choice(flag(name), getattr(args, name), choices)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def require_positive(args: object, *names: str) -> None:

@@ -40,6 +40,7 @@ from experiments.cli import (
     check_writable,
     lock_folder,
     require,
+    require_choice,
     require_penalty,
     require_positive,
     run,
@@ -289,7 +290,7 @@ def main(args: Args) -> list[dict]:
     require_penalty(args, "penalty")
     require_positive(args, "batch_size", "limit")
     require(args.ship is None or args.limit is None, "--ship evaluates on the whole split: drop --limit")
-    require(args.split in SPLITS, f"--split must be one of {', '.join(SPLITS)}; got {args.split!r}")
+    require_choice(args, "split", SPLITS)
     shipped = shipped_depths()
     for depth in args.static:
         require(depth in shipped, f"--static {depth}: no shipped ResNet-{depth} (shipped: {shipped})")

@@ -54,6 +54,7 @@ from experiments.cli import (
     refuse_overwrite,
     remove_stale_temporaries,
     require,
+    require_choice,
     require_finite,
     require_positive,
     require_seed,
@@ -114,7 +115,7 @@ RESUME_MAY_CHANGE = ("resume", "overwrite", "out", "logdir", "device", "data_dir
 
 def check_args(args: Args) -> None:
     """Refuse arguments that would fail later, with what was expected."""
-    require(args.dataset in LAYOUTS, f"--dataset must be one of {sorted(LAYOUTS)}; got {args.dataset!r}")
+    require_choice(args, "dataset", LAYOUTS)
     require(args.depth >= 8 and (args.depth - 2) % 6 == 0, f"--depth must be 6n+2 (20, 32, 110, ...); got {args.depth}")
     require_positive(args, "epochs", "batch_size", "limit")
     require_finite(args, "lr", "momentum", "weight_decay", "label_smoothing")
