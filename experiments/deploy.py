@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -93,10 +94,19 @@ def latency_ms(
     return torch.tensor(times, dtype=torch.float64) * 1e3
 
 
+class Pass(NamedTuple):
+    """One timed pass of a model over some images."""
+
+    seconds: float
+    correct: int
+    """Images classified right."""
+    flops: float
+    """FLOPs summed over the images."""
+
+
 @torch.inference_mode()
-def timed_pass(model: Deployed, images: Tensor, labels: Tensor, batch: int) -> Tensor:
-    """One timed pass over ``images`` in batches of ``batch`` (after one warm-up batch): seconds,
-    images classified right and FLOPs summed over the images (float64, on the host)."""
+def timed_pass(model: Deployed, images: Tensor, labels: Tensor, batch: int) -> Pass:
+    """One timed pass over ``images`` in batches of ``batch``, after one warm-up batch."""
     model.classify(images[:batch])
     synchronize(images.device)
     correct, flops = torch.zeros((), device=images.device), torch.zeros((), dtype=torch.float64, device=images.device)
@@ -107,7 +117,7 @@ def timed_pass(model: Deployed, images: Tensor, labels: Tensor, batch: int) -> T
         flops += image_flops.sum()
     synchronize(images.device)
     seconds = time.perf_counter() - t0
-    return torch.stack([torch.tensor(seconds, dtype=torch.float64), correct.double().cpu(), flops.cpu()])
+    return Pass(seconds, int(correct.item()), flops.item())
 
 
 def measure(
@@ -133,7 +143,7 @@ def measure(
         torch.arange(latency_images).tensor_split(rounds), torch.arange(len(images)).tensor_split(rounds), strict=True
     )
     times: list[dict[str, list[Tensor]]] = [{} for _ in models]
-    passes = [{batch: torch.zeros(3, dtype=torch.float64) for batch in throughput_batches} for _ in models]
+    passes: list[dict[int, list[Pass]]] = [{batch: [] for batch in throughput_batches} for _ in models]
     for r, (latency_share, pass_share) in enumerate(shares):
         for model, model_times, model_passes in zip(models, times, passes, strict=True):
             for label, count in threads.items():
@@ -143,7 +153,7 @@ def measure(
                 for key, call in calls.items():
                     model_times.setdefault(key, []).append(latency_ms(call, images[latency_share], count))
             for batch in throughput_batches:
-                model_passes[batch] += timed_pass(model, images[pass_share], labels[pass_share], batch)
+                model_passes[batch].append(timed_pass(model, images[pass_share], labels[pass_share], batch))
         if on_round is not None:
             on_round(r + 1)
     rows = []
@@ -157,10 +167,10 @@ def measure(
                 row[key] = {"p50_ms": ms.median().item(), "p90_ms": ms.quantile(0.9).item()}
         row["latency_images"] = latency_images
         row["rounds"] = rounds
-        for batch, (seconds, correct, flops) in model_passes.items():
-            row.setdefault("accuracy", correct.item() / len(images))
-            row.setdefault("flops", flops.item() / len(images))
-            row[f"throughput batch {batch}"] = len(images) / seconds.item()
+        for batch, batch_passes in model_passes.items():  # the rounds' passes cover every image once
+            row.setdefault("accuracy", sum(p.correct for p in batch_passes) / len(images))
+            row.setdefault("flops", sum(p.flops for p in batch_passes) / len(images))
+            row[f"throughput batch {batch}"] = len(images) / sum(p.seconds for p in batch_passes)
         rows.append(row)
     return rows
 

@@ -63,6 +63,7 @@ from experiments.cli import (
     check_writable,
     continue_with,
     cost_note,
+    flag,
     lock_folder,
     refuse_overwrite,
     remove_stale_temporaries,
@@ -170,12 +171,16 @@ def check_args(args: Args) -> None:
     require_penalty(args, "penalty", "finetune_penalty")
     require_finite(args, "lr", "finetune_lr", "alpha", "beta", "curriculum_step", "lr_decay_at")
     require_seed("seed", args.seed)
-    require(0.5 < args.alpha <= 1, f"--alpha must lie in (0.5, 1] (1: no exploration bound); got {args.alpha}")
-    require(args.beta >= 0, f"--beta must be >= 0; got {args.beta}")
     require(args.lr > 0 and args.finetune_lr > 0, "learning rates must be > 0")
     require(0 <= args.lr_decay_at <= 1, f"--lr-decay-at must lie in [0, 1]; got {args.lr_decay_at}")
     require(args.curriculum_step > 0, f"--curriculum-step must be > 0; got {args.curriculum_step}")
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
+    for name, _ in stages(args):  # the config's own bounds (alpha, beta), refused before any data loads
+        try:
+            stage_config(args, name)
+        except ValueError as error:
+            setting, says = str(error).split(" ", 1)
+            raise UsageError(f"{flag(setting)} {says}") from None
 
 
 def stages(args: Args) -> list[tuple[str, int]]:
@@ -186,6 +191,20 @@ def stages(args: Args) -> list[tuple[str, int]]:
         "finetune": [("finetune", args.finetune_epochs)],
     }[args.stage]
     return [(name, epochs) for name, epochs in plan if epochs > 0]
+
+
+def stage_config(args: Args, name: str) -> ReinforceConfig:
+    """The REINFORCE hyper-parameters of a stage ("curriculum" or "finetune")."""
+    return ReinforceConfig(
+        lr=args.lr if name == "curriculum" else args.finetune_lr,
+        alpha=args.alpha,
+        beta=args.beta if name == "curriculum" else 0.0,
+        entropy=args.entropy,
+        finetune=name == "finetune",
+        finetune_bn=args.finetune_bn,
+        finetune_forward=args.finetune_forward,
+        finetune_target=args.finetune_target,
+    )
 
 
 def locate(epoch: int, plan: list[tuple[str, int]]) -> tuple[str, int, int]:
@@ -377,16 +396,7 @@ def build(args: Args, state: dict | None) -> Training:
 def enter_stage(job: Training, name: str, state: dict | None) -> None:
     """Start a stage: its hyper-parameters and a fresh optimiser (the saved one when resuming in it)."""
     args, env = job.args, job.envs[name]
-    job.config = ReinforceConfig(
-        lr=args.lr if name == "curriculum" else args.finetune_lr,
-        alpha=args.alpha,
-        beta=args.beta if name == "curriculum" else 0.0,
-        entropy=args.entropy,
-        finetune=name == "finetune",
-        finetune_bn=args.finetune_bn,
-        finetune_forward=args.finetune_forward,
-        finetune_target=args.finetune_target,
-    )
+    job.config = stage_config(args, name)
     job.optimizer = make_optimizer(job.agent, env, job.config)
     job.eval_env.task.penalty = env.unwrapped.task.penalty  # walk rewards on the stage's terms
     if state is not None and state["stage"] == name and state["epoch"] == job.epoch:

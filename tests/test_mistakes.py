@@ -306,6 +306,7 @@ def test_pretraining_refuses_zero_sizes(synthetic_dir, tmp_path, bad):
     "module, argv, says",
     [
         ("experiments.train_blockdrop", ["--alpha", "2"], "--alpha must lie in (0.5, 1]"),
+        ("experiments.train_blockdrop", ["--beta", "-1"], "--beta must be >= 0; got -1.0"),
         ("experiments.pretrain_resnet", ["--batch-size", "0"], "--batch-size must be a positive integer"),
         ("experiments.evaluate", ["--penalty", "3"], "--penalty must be <= 0"),
         ("experiments.evaluate", ["--split", "valid"], "--split must be one of 'train', 'val', 'trainval', 'test'"),
