@@ -112,7 +112,7 @@ class Args(DataArgs, ForwardArgs):
     """Action whose ResNet forward the cross-entropy trains in finetuning: sampled (the explored
     action, as the authors' finetune.py), greedy (the action the agent deploys) or both (the mean)."""
     alpha: float = 0.8
-    """Bound of the exploration probabilities."""
+    """Bound of the exploration probabilities, in (0.5, 1] (1: no bound)."""
     beta: float = 0.1
     """Entropy bonus in curriculum learning (none in finetuning)."""
     entropy: EntropyBonus = "authors"
