@@ -175,7 +175,7 @@ def check_args(args: Args) -> None:
     require(0 <= args.lr_decay_at <= 1, f"--lr-decay-at must lie in [0, 1]; got {args.lr_decay_at}")
     require(args.curriculum_step > 0, f"--curriculum-step must be > 0; got {args.curriculum_step}")
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
-    for name, _ in stages(args):  # the config's own bounds (alpha, beta), refused before any data loads
+    for name in ("curriculum", "finetune"):  # the config's own bounds (alpha, beta), whichever stages run
         try:
             stage_config(args, name)
         except ValueError as error:
