@@ -12,7 +12,10 @@ choose epochs and settings on those walks and evaluate the chosen agent on the t
 (``experiments.evaluate``).
 The checkpoint ``<out>/agent.pt`` is rewritten atomically every ``checkpoint_every`` epochs and at
 the end, with everything ``--resume`` needs to continue exactly: policy, optimiser, finetuned
-ResNet, epoch and the states of every random generator. TensorBoard logs go to ``<out>/tb``.
+ResNet, epoch and the states of every random generator. ``<out>/best.pt`` keeps the agent (policy
+and finetuned ResNet) of the validation walk with the highest mean reward in the stage under way,
+counting only walks where the policy decides every block (a curriculum's last stages, finetuning):
+evaluate or ship it when a later epoch scored lower. TensorBoard logs go to ``<out>/tb``.
 
 A fresh run refuses an ``--out`` that already holds one (``--resume`` continues it, ``--overwrite``
 starts over). ``--resume`` refuses arguments that differ from the run's, naming each, except those
@@ -131,7 +134,7 @@ class Args(DataArgs, ForwardArgs):
     resnet_checkpoint: Path | None = None
     """ResNet to start from; default: the finetuned one in --init, else the shipped checkpoint of --depth."""
     out: Path = Path("runs/blockdrop/default")
-    """Run folder: agent.pt, summary.json, tb/."""
+    """Run folder: agent.pt (resume state), best.pt (best validation walk), summary.json, tb/."""
     checkpoint_every: int = 10
     """Epochs between checkpoints (one is always written at the end)."""
     eval_every: int = 10
@@ -225,6 +228,11 @@ def stage_policy(agent: BlockDropAgent, env: Any) -> Policy:
     return lambda images: agent.greedy(images) | forced
 
 
+def walk_decides_all(env: Any) -> bool:
+    """Whether the stage's policy decides every block (no curriculum forcing the first ones on)."""
+    return getattr(env, "decided", None) in (None, env.unwrapped.num_blocks)
+
+
 def epoch_stats(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Per-epoch train figures from the steps' tensors; the one host sync of the epoch."""
     cat = {k: torch.cat([torch.atleast_1d(s[k]) for s in steps]) for k in steps[0]}
@@ -305,10 +313,37 @@ class Training:
     optimizer: torch.optim.Optimizer | None = None
     config: ReinforceConfig | None = None
     finetuned: bool = False
+    best: dict | None = None
+    """The walk behind ``best.pt``: its epoch, stage and validation summary (None before one)."""
 
     @property
     def path(self) -> Path:
         return self.args.out / "agent.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.args.out / "best.pt"
+
+    def keep_if_best(self, epoch: int, stage: str, walk: dict) -> bool:
+        """Save the agent as ``best.pt`` when a validation walk of a policy that decides every block
+        beats the stage's best mean reward so far (rewards of two stages differ in penalty and
+        ResNet, so a new stage starts afresh). True when it was saved."""
+        if self.args.eval_split != "val" or not walk_decides_all(self.envs[stage]):
+            return False
+        if self.best is not None and self.best["stage"] == stage and walk["reward_mean"] <= self.best["reward_mean"]:
+            return False
+        self.best = {"epoch": epoch, "stage": stage, **walk}
+        save_agent(
+            self.best_path,
+            self.agent,
+            resnet=self.resnet if self.finetuned else None,
+            epoch=epoch,
+            stage=stage,
+            best=self.best,
+            args={k: str(v) for k, v in asdict(self.args).items()},
+            **run_metadata(),
+        )
+        return True
 
     def checkpoint(self) -> None:
         save_agent(
@@ -330,16 +365,21 @@ class Training:
 def open_output(args: Args) -> dict | None:
     """Lock ``--out``, check what it holds against the arguments, and return the resume state
     (None for a fresh run). Nothing in the folder is touched before its lock is held."""
-    path = args.out / "agent.pt"
+    path, best = args.out / "agent.pt", args.out / "best.pt"
     check_writable(args.out)
     lock_folder(args.out)
-    refuse_overwrite([path], args.resume, args.overwrite)
-    remove_stale_temporaries(path)
+    refuse_overwrite([path, best], args.resume, args.overwrite)
+    for saved in (path, best):
+        remove_stale_temporaries(saved)
     if args.resume and not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}")
     state = load_checkpoint(path, "policy", "BlockDrop agent checkpoint") if args.resume else None
     if state is not None:
         check_resume(args, state)
+        # best.pt is the record: it may be newer than the resume state (a walk after its last save).
+        state["best"] = load_checkpoint(best, "best", "best-agent checkpoint")["best"] if best.is_file() else None
+    elif best.is_file():
+        best.unlink()  # --overwrite: the replaced run's best agent goes with it
     return state
 
 
@@ -387,6 +427,7 @@ def build(args: Args, state: dict | None) -> Training:
         job.step_stats = [{k: v.to(device) for k, v in s.items()} for s in state.get("step_stats", [])]
         job.finetuned = state["resnet"] is not None
         job.generator.set_state(state["rng"]["sampling"])
+        job.best = state["best"]
         for name, env_state in state["envs"].items():
             if name in envs:
                 envs[name].unwrapped.load_state_dict(env_state)
@@ -519,6 +560,8 @@ def main(args: Args) -> dict:
                     f"blocks {stats['blocks_mean']:.2f} | {args.eval_split} acc {ev['accuracy']:.4f} "
                     f"blocks {ev['blocks_mean']:.2f} +- {ev['blocks_std']:.2f} unique {ev['unique_policies']}"
                 )
+                if job.keep_if_best(epoch + 1, name, ev):
+                    tqdm.write(f"epoch {epoch + 1}: the best {name} walk so far, saved in {job.best_path}")
                 summary = {"epoch": epoch + 1, "stage": name, "train": stats, args.eval_split: ev}
             if (epoch + 1) % args.checkpoint_every == 0 or last or stop.requested:
                 job.checkpoint()
@@ -529,6 +572,7 @@ def main(args: Args) -> dict:
                 )
     writer.close()
     if summary:
+        summary["best"] = job.best
         atomic_write_text(args.out / "summary.json", json.dumps({**summary, **run_metadata()}, indent=2) + "\n")
     return summary
 
