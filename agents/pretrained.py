@@ -73,7 +73,8 @@ def ship(checkpoint: str | os.PathLike, name: str, card: dict[str, Any], overwri
     check_ship_name(name, overwrite)
     ckpt = load_agent_checkpoint(checkpoint)
     agent = agent_from_checkpoint(ckpt, device="cpu")
-    trained = {k: ckpt[k] for k in ("command", "git_commit", "date", "machine", "epoch", "stage", "args") if k in ckpt}
+    kept = ("command", "git_commit", "date", "machine", "epoch", "stage", "best", "args")  # best: a best.pt's walk
+    trained = {k: ckpt[k] for k in kept if k in ckpt}
     path = SHIPPED / f"{name}.pt"
     save_agent(path, agent, resnet=agent.resnet_state, trained=trained)
     card = {"name": name, "trained": trained, **card}

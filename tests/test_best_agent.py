@@ -1,9 +1,12 @@
 """best.pt: a training run keeps the agent of its best validation walk, so an epoch that scored
 higher than the last one is never lost, across resumes and stages."""
 
+import json
+
 import pytest
 import torch
 
+from agents import pretrained
 from agents.reinforce import load_agent
 from experiments import train_blockdrop
 from experiments.cli import UsageError
@@ -46,6 +49,16 @@ def test_best_pt_holds_the_agent_of_the_best_walk_not_the_last(tmp_path, env_kwa
             assert torch.equal(best[part][key], value), (part, key)
     assert not torch.equal(best["policy"]["keep_head.weight"], last["policy"]["keep_head.weight"])
     assert load_agent(tmp_path / "run" / "best.pt", device="cpu").resnet_state is not None  # loads like agent.pt
+
+
+def test_a_shipped_best_agent_records_the_walk_it_was_chosen_on(tmp_path, env_kwargs, walk_rewards, monkeypatch):
+    walk_rewards += [0.5, 0.1]
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="finetune", finetune_epochs=2))
+    monkeypatch.setattr(pretrained, "SHIPPED", tmp_path / "trained")
+    pretrained.ship(tmp_path / "run" / "best.pt", "best-one", {"evaluated": "here"})
+    card = json.loads((tmp_path / "trained" / "best-one.json").read_text())
+    assert card["trained"]["epoch"] == card["trained"]["best"]["epoch"] == 1
+    assert card["trained"]["best"]["reward_mean"] == 0.5 and card["trained"]["best"]["stage"] == "finetune"
 
 
 def test_a_resumed_run_keeps_the_best_of_the_walks_before_the_interrupt(tmp_path, env_kwargs, walk_rewards):
