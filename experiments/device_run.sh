@@ -21,11 +21,13 @@
 # 2026-11-30 (second GPU session): runs 1-2 (data parts) took 56 s of device time with the machine
 # start; run 3 (part C, the 90-epoch ResNet-110 pretraining and its baselines) 552 s; run 4 (short
 # agent run and the bench) 162 s: 770 s of the 900.
-# Next (issue 18, step 2): the paper-scale ResNet-32 curriculum, continued across GPU sessions, e.g. in
-# run 3: 'timeout 500 python3 -m experiments.train_blockdrop --stage curriculum --curriculum-epochs 5000
-# --batch-size 2048 --fused two --compile default --eval-every 250 --checkpoint-every 50
-# --out runs/long/r32-curriculum-h200' (add --resume from the second session on, carrying
-# runs/long/r32-curriculum-h200); about 0.3 s an epoch there, so some 1,500 epochs a session.
+# Next: the ResNet-110 agent at the paper's scale (the CPU runs keep 34-45 of 54 blocks after a
+# 22-epoch curriculum), continued across GPU sessions, e.g. in run 3: 'timeout 500 python3 -m
+# experiments.train_blockdrop --depth 110 --stage curriculum --curriculum-epochs 2000 --curriculum-step 0.1
+# --batch-size 2048 --policy-input 16 --eval-every 20 --checkpoint-every 10 --out runs/long/r110-curriculum-gpu'
+# (add --resume from the second session on, carrying runs/long/r110-curriculum-gpu; time an epoch in the
+# first run before choosing the counts), then joint finetuning at -10 from its best.pt with
+# --finetune-forward kept --finetune-target both, as the CPU runs in docs/RESULTS.md.
 # Run 1 (carry .whl and .device-data/partA) can already run the CUDA tests and the bench, with
 # data_batch_1 standing in for the five train batches (throughput does not depend on the images):
 #   d=/tmp/standin/cifar-10-batches-py; mkdir -p $d; for f in test_batch batches.meta data_batch_1; do
