@@ -333,31 +333,29 @@ class Training:
         if self.best is not None and self.best["stage"] == stage and walk["reward_mean"] <= self.best["reward_mean"]:
             return False
         self.best = {"epoch": epoch, "stage": stage, **walk}
-        save_agent(
-            self.best_path,
-            self.agent,
-            resnet=self.resnet if self.finetuned else None,
-            epoch=epoch,
-            stage=stage,
-            best=self.best,
-            args={k: str(v) for k, v in asdict(self.args).items()},
-            **run_metadata(),
-        )
+        self.save(self.best_path, epoch=epoch, stage=stage, best=self.best)
         return True
 
     def checkpoint(self) -> None:
-        save_agent(
+        self.save(
             self.path,
-            self.agent,
-            resnet=self.resnet if self.finetuned else None,
             epoch=self.epoch,
             step=self.step,
             step_stats=[{k: v.cpu() for k, v in s.items()} for s in self.step_stats],
             stage=self.stage,
             optimizer=self.optimizer.state_dict(),
-            args={k: str(v) for k, v in asdict(self.args).items()},
             rng={"sampling": self.generator.get_state()},
             envs={n: e.unwrapped.state_dict() for n, e in self.envs.items()},
+        )
+
+    def save(self, path: Path, **state: Any) -> None:
+        """The agent (and the ResNet once finetuning began) with the run's arguments and ``state``."""
+        save_agent(
+            path,
+            self.agent,
+            resnet=self.resnet if self.finetuned else None,
+            args={k: str(v) for k, v in asdict(self.args).items()},
+            **state,
             **run_metadata(),
         )
 
