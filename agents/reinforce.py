@@ -56,6 +56,11 @@ fifth of whose decisions are flipped by exploration (alpha 0.8); "greedy": the a
 deploys, so the ResNet fits the block sets it is used with (the sampled action is still scored for
 the policy gradient); "both": the mean of the two cross-entropies."""
 
+ResNetOptimizer = Literal["adam", "sgd"]
+"""How joint finetuning updates the ResNet. "adam" (default): in the policy's Adam, as the authors'
+``finetune.py``; "sgd": SGD with Nesterov momentum 0.9 and weight decay 5e-4, the recipe the
+ResNets were pretrained with (``experiments.pretrain_resnet``), while the policy keeps its Adam."""
+
 EntropyBonus = Literal["bernoulli", "authors"]
 """How the exploration bonus is computed from the bounded probabilities s'.
 
@@ -89,6 +94,10 @@ class ReinforceConfig:
     """Forward of the ResNet in finetuning; see :data:`FinetuneForward`."""
     finetune_target: FinetuneTarget = "sampled"
     """Action whose forward the ResNet's cross-entropy trains; see :data:`FinetuneTarget`."""
+    resnet_optimizer: ResNetOptimizer = "adam"
+    """Optimiser of the ResNet when finetuning; see :data:`ResNetOptimizer`."""
+    resnet_lr: float | None = None
+    """Learning rate of the ResNet when finetuning; default: ``lr`` under "adam", 0.01 under "sgd"."""
 
     def __post_init__(self) -> None:
         # A misspelt choice would otherwise act as another one (the code tests for one value).
@@ -97,6 +106,7 @@ class ReinforceConfig:
             "finetune_bn": FinetuneBatchNorm,
             "finetune_forward": FinetuneForward,
             "finetune_target": FinetuneTarget,
+            "resnet_optimizer": ResNetOptimizer,
         }
         for field, kind in choices.items():
             check_choice(field, getattr(self, field), kind)
@@ -106,6 +116,15 @@ class ReinforceConfig:
             raise ValueError(f"alpha must lie in (0.5, 1]; got {self.alpha}")
         if not self.beta >= 0:
             raise ValueError(f"beta must be >= 0; got {self.beta}")
+        if self.resnet_lr is not None and not self.resnet_lr > 0:
+            raise ValueError(f"resnet_lr must be > 0; got {self.resnet_lr}")
+
+    @property
+    def resnet_rate(self) -> float:
+        """The ResNet's learning rate in finetuning (``resnet_lr`` or its default)."""
+        if self.resnet_lr is not None:
+            return self.resnet_lr
+        return self.lr if self.resnet_optimizer == "adam" else 0.01
 
 
 def bounded(probs: Tensor, alpha: float) -> Tensor:
@@ -188,7 +207,7 @@ class BlockDropAgent:
 def train_step(
     agent: BlockDropAgent,
     env: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | JointOptimizer,
     config: ReinforceConfig,
     generator: torch.Generator,
 ) -> dict[str, Tensor]:
@@ -253,16 +272,55 @@ def train_step(
     }
 
 
-def make_optimizer(agent: BlockDropAgent, env: Any, config: ReinforceConfig) -> torch.optim.Adam:
-    """Adam over the policy, and over the env's ResNet when finetuning (which unfreezes its weights;
-    its batch norm follows ``config.finetune_bn``)."""
-    params = list(agent.policy.parameters())
+class JointOptimizer:
+    """Optimisers stepped as one (the policy's Adam and the ResNet's SGD), with the
+    ``torch.optim.Optimizer`` methods training uses; its state dict holds each one's."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"joint": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("joint", [])
+        if len(saved) != len(self.optimizers):  # e.g. a one-optimiser state from another config
+            raise ValueError(f"expected the states of {len(self.optimizers)} optimisers; got {len(saved)}")
+        for optimizer, one in zip(self.optimizers, saved, strict=True):
+            optimizer.load_state_dict(one)
+
+
+def make_optimizer(agent: BlockDropAgent, env: Any, config: ReinforceConfig) -> torch.optim.Optimizer | JointOptimizer:
+    """Adam over the policy, and the env's ResNet when finetuning (which unfreezes its weights; its
+    batch norm follows ``config.finetune_bn``), in that Adam or in an SGD of its own
+    (``config.resnet_optimizer``). Each parameter group carries its ``base_lr`` for a schedule."""
     resnet = env.unwrapped.resnet
     resnet.requires_grad_(config.finetune)
-    if config.finetune:
-        params += list(resnet.parameters())
+    policy = {"params": list(agent.policy.parameters()), "base_lr": config.lr}
+    weights = {"params": list(resnet.parameters()), "lr": config.resnet_rate, "base_lr": config.resnet_rate}
     # fused: one kernel for the whole update on CUDA instead of a few per parameter group.
-    return torch.optim.Adam(params, lr=config.lr, fused=agent.device.type == "cuda")
+    fused = agent.device.type == "cuda"
+    if not config.finetune:
+        return torch.optim.Adam([policy], lr=config.lr, fused=fused)
+    if config.resnet_optimizer == "adam":
+        if config.resnet_rate == config.lr:  # one group, as resume states from before the option hold
+            both = {**policy, "params": policy["params"] + weights["params"]}
+            return torch.optim.Adam([both], lr=config.lr, fused=fused)
+        return torch.optim.Adam([policy, weights], lr=config.lr, fused=fused)
+    sgd = torch.optim.SGD([weights], momentum=0.9, nesterov=True, weight_decay=5e-4, fused=fused)
+    return JointOptimizer(torch.optim.Adam([policy], lr=config.lr, fused=fused), sgd)
 
 
 def save_agent(path: str | os.PathLike, agent: BlockDropAgent, **state: Any) -> None:

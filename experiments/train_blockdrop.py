@@ -48,6 +48,7 @@ from agents.reinforce import (
     FinetuneForward,
     FinetuneTarget,
     ReinforceConfig,
+    ResNetOptimizer,
     load_agent,
     make_optimizer,
     save_agent,
@@ -97,8 +98,13 @@ class Args(DataArgs, ForwardArgs):
     """Adam learning rate in curriculum learning."""
     finetune_lr: float = 1e-4
     """Adam learning rate in finetuning, for policy and ResNet."""
+    finetune_resnet_optimizer: ResNetOptimizer = "adam"
+    """Optimiser of the ResNet in finetuning: adam (the policy's, as the authors' finetune.py) or sgd
+    (Nesterov momentum 0.9, weight decay 5e-4: the recipe the ResNets were pretrained with)."""
+    finetune_resnet_lr: float | None = None
+    """Learning rate of the ResNet in finetuning; default: --finetune-lr under adam, 0.01 under sgd."""
     lr_decay_at: float = 0.8
-    """Fraction of the finetuning epochs after which its learning rate is divided by 10."""
+    """Fraction of the finetuning epochs after which its learning rates are divided by 10."""
     penalty: float = -1.0
     """Reward of a wrong prediction in curriculum learning."""
     finetune_penalty: float = -2.0
@@ -175,6 +181,11 @@ def check_args(args: Args) -> None:
     require_finite(args, "lr", "finetune_lr", "alpha", "beta", "curriculum_step", "lr_decay_at")
     require_seed("seed", args.seed)
     require(args.lr > 0 and args.finetune_lr > 0, "learning rates must be > 0")
+    resnet_lr = args.finetune_resnet_lr
+    require(
+        resnet_lr is None or (math.isfinite(resnet_lr) and resnet_lr > 0),
+        f"--finetune-resnet-lr must be a finite number > 0; got {resnet_lr}",
+    )
     require(0 <= args.lr_decay_at <= 1, f"--lr-decay-at must lie in [0, 1]; got {args.lr_decay_at}")
     require(args.curriculum_step > 0, f"--curriculum-step must be > 0; got {args.curriculum_step}")
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
@@ -207,6 +218,8 @@ def stage_config(args: Args, name: str) -> ReinforceConfig:
         finetune_bn=args.finetune_bn,
         finetune_forward=args.finetune_forward,
         finetune_target=args.finetune_target,
+        resnet_optimizer=args.finetune_resnet_optimizer,
+        resnet_lr=args.finetune_resnet_lr,
     )
 
 
@@ -258,6 +271,8 @@ FINETUNE_ONLY = (
     "finetune_bn",
     "finetune_forward",
     "finetune_target",
+    "finetune_resnet_optimizer",
+    "finetune_resnet_lr",
 )
 
 
@@ -272,8 +287,16 @@ def check_resume(args: Args, state: dict) -> None:
     """Refuse a resume whose arguments differ from the run's (see the module docstring)."""
     # Runs from before the validation split trained on all 50,000 images and walked the test split.
     # Runs from before --finetune-forward computed every block (masked); from before
-    # --finetune-target trained the ResNet under the sampled action.
-    older = dict(train_split="trainval", eval_split="test", finetune_forward="masked", finetune_target="sampled")
+    # --finetune-target trained the ResNet under the sampled action; from before
+    # --finetune-resnet-optimizer, in the policy's Adam.
+    older = dict(
+        train_split="trainval",
+        eval_split="test",
+        finetune_forward="masked",
+        finetune_target="sampled",
+        finetune_resnet_optimizer="adam",
+        finetune_resnet_lr="None",  # saved arguments are strings
+    )
     saved = {**older, **state["args"]}
     differ = resume_mismatch(saved, asdict(args), RESUME_MAY_CHANGE + unused_by_plan(args))
     require(not differ, "--resume with arguments that differ from the run's: " + "; ".join(differ))
@@ -450,8 +473,8 @@ def set_schedule(job: Training, stage_epoch: int, stage_epochs: int) -> None:
         env.decided = curriculum_decided(stage_epoch, env.unwrapped.num_blocks, job.args.curriculum_step)
     else:
         decay = stage_epoch >= job.args.lr_decay_at * stage_epochs
-        for group in job.optimizer.param_groups:
-            group["lr"] = job.args.finetune_lr * (0.1 if decay else 1.0)
+        for group in job.optimizer.param_groups:  # resume states from before base_lr: one group
+            group["lr"] = group.get("base_lr", job.args.finetune_lr) * (0.1 if decay else 1.0)
 
 
 def train_epoch(job: Training, stop: InterruptFlag, estimate: Callable[[float, int], None]) -> bool:
@@ -487,7 +510,7 @@ def diverged(job: Training, what: str) -> UsageError:
     the last good one (nothing of the diverged epoch is saved)."""
     return UsageError(
         f"training diverged in epoch {job.epoch + 1} ({what}): nothing saved from it; {job.path} keeps the last "
-        "good state. Lower the learning rate (--lr / --finetune-lr)"
+        "good state. Lower the learning rate (--lr / --finetune-lr / --finetune-resnet-lr)"
     )
 
 
