@@ -334,9 +334,10 @@ def test_a_bad_argument_prints_one_line_not_a_traceback(module, argv, says, tmp_
     assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"] and says in proc.stderr
 
 
-def test_a_corrupt_checkpoint_is_an_error_message_not_a_traceback(tmp_path):
+def test_a_corrupt_checkpoint_is_an_error_message_not_a_traceback(tmp_path, synthetic_dir):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     argv = ["-m", "experiments.evaluate", "--checkpoint", str(tmp_path / "broken.pt"), "--out", str(tmp_path / "e")]
+    argv += ["--data-dir", str(synthetic_dir)]  # the data is found wherever the tests run
     proc = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, env=PYTHONPATH)
     assert proc.returncode == 2 and proc.stderr.startswith("error: checkpoint") and "cannot be read" in proc.stderr
     assert "Traceback" not in proc.stderr
