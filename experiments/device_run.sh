@@ -21,7 +21,12 @@
 # 2026-11-30 (second GPU session): runs 1-2 (data parts) took 56 s of device time with the machine
 # start; run 3 (part C, the 90-epoch ResNet-110 pretraining and its baselines) 552 s; run 4 (short
 # agent run and the bench) 162 s: 770 s of the 900.
-# Next: the ResNet-110 agent at the paper's scale (the CPU runs keep 34-45 of 54 blocks after a
+# Next, first: a ResNet-110 that never saw the validation split (the shipped one did: 99.98% there,
+# so that split may not rank ResNet finetuning recipes; docs/RESULTS.md), the shipped recipe on the
+# 45,000 train images, in run 3: 'timeout 560 python3 -m experiments.pretrain_resnet --depth 110
+# --epochs 90 --batch-size 512 --lr 0.2 --train-split train --out runs/long/resnet110-train45k.pt'
+# (the shipped one, the same flags on all 50,000: 464 s on the H200), then the agents on it (--resnet-checkpoint).
+# Then the ResNet-110 agent at the paper's scale (the CPU runs keep 34-45 of 54 blocks after a
 # 22-epoch curriculum), continued across GPU sessions, e.g. in run 3: 'timeout 500 python3 -m
 # experiments.train_blockdrop --depth 110 --stage curriculum --curriculum-epochs 2000 --curriculum-step 0.1
 # --batch-size 2048 --policy-input 16 --eval-every 20 --checkpoint-every 10 --out runs/long/r110-curriculum-gpu'
