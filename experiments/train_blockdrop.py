@@ -47,6 +47,7 @@ from agents.reinforce import (
     FinetuneBatchNorm,
     FinetuneForward,
     FinetuneTarget,
+    JointOptimizer,
     ReinforceConfig,
     ResNetOptimizer,
     load_agent,
@@ -333,7 +334,7 @@ class Training:
     step_stats: list = field(default_factory=list)
     """The statistics of those steps."""
     stage: str | None = None
-    optimizer: torch.optim.Optimizer | None = None
+    optimizer: torch.optim.Optimizer | JointOptimizer | None = None
     config: ReinforceConfig | None = None
     finetuned: bool = False
     best: dict | None = None
