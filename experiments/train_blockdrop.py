@@ -98,7 +98,7 @@ class Args(DataArgs, ForwardArgs):
     lr: float = 1e-3
     """Adam learning rate in curriculum learning."""
     finetune_lr: float = 1e-4
-    """Adam learning rate in finetuning, for policy and ResNet."""
+    """Adam learning rate in finetuning: the policy's, and the ResNet's under the default optimiser."""
     finetune_resnet_optimizer: ResNetOptimizer = "adam"
     """Optimiser of the ResNet in finetuning: adam (the policy's, as the authors' finetune.py) or sgd
     (Nesterov momentum 0.9, weight decay 5e-4: the recipe the ResNets were pretrained with)."""
