@@ -26,7 +26,7 @@
 # 45,000 train images, in run 3: 'timeout 560 python3 -m experiments.pretrain_resnet --depth 110
 # --epochs 90 --batch-size 512 --lr 0.2 --train-split train --out runs/long/resnet110-train45k.pt'
 # (the shipped one, the same flags on all 50,000: 464 s on the H200), then the agents on it (--resnet-checkpoint).
-# The same run goes on on the CPU (results/pretrain/resnet110-train45k-cpu/RUN.md, about 290 s an epoch):
+# The same run goes on on the CPU (results/pretrain/resnet110-train45k-cpu/RUN.md, 210-260 s an epoch):
 # a GPU session may rather finish it, carrying its resume state and adding --resume to its own command.
 # Then the ResNet-110 agent at the paper's scale (the CPU runs keep 34-45 of 54 blocks after a
 # 22-epoch curriculum), continued across GPU sessions, e.g. in run 3: 'timeout 500 python3 -m
