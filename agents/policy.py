@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,6 +46,21 @@ class PolicyNet(nn.Module):
             images = F.avg_pool2d(images.float().div(255), images.shape[-1] // self.input_size)
         features = self.trunk(images)
         return torch.sigmoid(self.keep_head(features)), self.value_head(features).squeeze(1)
+
+    @torch.no_grad()
+    def start_as(self, keep: Tensor, prob: float = 0.9) -> None:
+        """Make the policy one block set for every image: keep probability ``prob`` for the blocks
+        of ``keep`` (K,) bool, ``1 - prob`` for the others, whatever the image (the keep head's
+        weights zeroed). Training from here learns per-image departures from a static network's
+        blocks (e.g. a pruned ResNet's), where a curriculum would start from every block."""
+        if keep.shape != (self.num_blocks,) or keep.dtype != torch.bool:
+            got = f"{keep.dtype} {tuple(keep.shape)}"
+            raise ValueError(f"keep must be a bool mask of shape ({self.num_blocks},); got {got}")
+        if not 0.5 < prob < 1:
+            raise ValueError(f"prob must lie in (0.5, 1); got {prob}")
+        logit = math.log(prob / (1 - prob))
+        self.keep_head.weight.zero_()
+        self.keep_head.bias.copy_(torch.where(keep.to(self.keep_head.bias.device), logit, -logit))
 
     def flops(self) -> float:
         """FLOPs per image of deciding: the trunk and the keep head (2 x multiply-adds; the

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import tyro
 from tqdm import tqdm
 
+from agents.baselines import FixedBlocks
 from blockdrop_env.checkpoint import CheckpointError
 from blockdrop_env.choices import check_choice
 from blockdrop_env.data import CifarFormatError, find_dataset
@@ -121,6 +122,15 @@ def require_finite(args: object, *names: str) -> None:
     for name in names:
         value = getattr(args, name)
         require(math.isfinite(value), f"{flag(name)} must be a finite number; got {value}")
+
+
+def require_blocks(args: object, name: str, depth: int) -> FixedBlocks:
+    """The named argument, block indices of the ResNet-``depth`` (``--keep-blocks``,
+    ``--init-blocks``), as the static policy running them; refused unless distinct and in range."""
+    try:
+        return FixedBlocks(getattr(args, name), 3 * ((depth - 2) // 6))
+    except ValueError as e:
+        raise UsageError(f"{flag(name)}: {e} (the ResNet-{depth})") from None
 
 
 @dataclass

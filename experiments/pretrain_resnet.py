@@ -54,6 +54,7 @@ from experiments.cli import (
     refuse_overwrite,
     remove_stale_temporaries,
     require,
+    require_blocks,
     require_choice,
     require_finite,
     require_positive,
@@ -126,10 +127,7 @@ def check_args(args: Args) -> None:
     require_seed("seed", args.seed)
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
     if args.keep_blocks:
-        try:
-            FixedBlocks(args.keep_blocks, 3 * ((args.depth - 2) // 6))
-        except ValueError as e:
-            raise UsageError(f"--keep-blocks: {e} (the ResNet-{args.depth})") from None
+        require_blocks(args, "keep_blocks", args.depth)
 
 
 def sgd_step(

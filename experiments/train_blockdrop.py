@@ -39,6 +39,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from agents.baselines import FixedBlocks
 from agents.evaluation import Policy, evaluate, make_eval_env
 from agents.pretrained import policy_path
 from agents.reinforce import (
@@ -73,6 +74,7 @@ from experiments.cli import (
     refuse_overwrite,
     remove_stale_temporaries,
     require,
+    require_blocks,
     require_finite,
     require_penalty,
     require_positive,
@@ -135,6 +137,11 @@ class Args(DataArgs, ForwardArgs):
     init: str | None = None
     """Agent to start from: a checkpoint (e.g. a curriculum run's agent.pt for --stage finetune) or a
     shipped agent's name (``python -m experiments.evaluate --list-policies``)."""
+    init_blocks: tuple[int, ...] = ()
+    """Start the policy as one block set for every image instead (0-based blocks, e.g. a pruned
+    ResNet's --keep-blocks, with that network as --resnet-checkpoint): keep probability 0.9 for these
+    blocks and 0.1 for the others, whatever the image; training learns per-image departures from it.
+    Not with --init."""
     depth: int = 32
     """Depth of the ResNet whose blocks are dropped: 32 (BlockDrop-CIFAR10-R32, 15 blocks) or 110
     (BlockDrop-CIFAR10-R110, 54 blocks); the policy decides one bit per block."""
@@ -190,6 +197,9 @@ def check_args(args: Args) -> None:
     require(0 <= args.lr_decay_at <= 1, f"--lr-decay-at must lie in [0, 1]; got {args.lr_decay_at}")
     require(args.curriculum_step > 0, f"--curriculum-step must be > 0; got {args.curriculum_step}")
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
+    require(not (args.init and args.init_blocks), "pass --init or --init-blocks, not both")
+    if args.init_blocks:
+        require_blocks(args, "init_blocks", args.depth)
     for name in ("curriculum", "finetune"):  # the config's own bounds (alpha, beta), whichever stages run
         try:
             stage_config(args, name)
@@ -289,7 +299,7 @@ def check_resume(args: Args, state: dict) -> None:
     # Runs from before the validation split trained on all 50,000 images and walked the test split.
     # Runs from before --finetune-forward computed every block (masked); from before
     # --finetune-target trained the ResNet under the sampled action; from before
-    # --finetune-resnet-optimizer, in the policy's Adam.
+    # --finetune-resnet-optimizer, in the policy's Adam; from before --init-blocks, not from a block set.
     older = dict(
         train_split="trainval",
         eval_split="test",
@@ -297,6 +307,7 @@ def check_resume(args: Args, state: dict) -> None:
         finetune_target="sampled",
         finetune_resnet_optimizer="adam",
         finetune_resnet_lr="None",  # saved arguments are strings
+        init_blocks="()",
     )
     saved = {**older, **state["args"]}
     differ = resume_mismatch(saved, asdict(args), RESUME_MAY_CHANGE + unused_by_plan(args))
@@ -428,6 +439,8 @@ def build(args: Args, state: dict | None) -> Training:
         agent.policy.load_state_dict(init.policy.state_dict())
         if init.resnet_state is not None and args.resnet_checkpoint is None:
             resnet.load_state_dict(init.resnet_state)
+    if args.init_blocks:
+        agent.policy.start_as(FixedBlocks(args.init_blocks, resnet.num_blocks).mask(device))
     if state is not None:
         agent.policy.load_state_dict(state["policy"])
         if state["resnet"] is not None:

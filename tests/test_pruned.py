@@ -5,19 +5,22 @@ The blocks come from the drop landscape (``evaluate --landscape``), the finetuni
 """
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from agents.baselines import FixedBlocks, blocks_by_drop_cost
+from agents.policy import PolicyNet
 from blockdrop_env.checkpoint import load_resnet, save_resnet
 from blockdrop_env.data import load_cifar
 from blockdrop_env.resnet import predict, resnet32
 from experiments import evaluate as evaluate_script
-from experiments import pretrain_resnet
+from experiments import pretrain_resnet, train_blockdrop
 from experiments.cli import UsageError
 
 from .conftest import trained_like
+from .test_scripts import train_args
 
 KEEP = (0, 4, 7, 11)
 
@@ -133,3 +136,45 @@ def test_evaluate_ranks_blocks_on_the_landscape_and_judges_a_pruned_rival_with_i
         evaluate_script.main(
             evaluate_script.Args(**common, baselines="none", pruned=(init_checkpoint,), out=tmp_path / "e3")
         )
+
+
+def test_a_policy_started_as_a_block_set_keeps_it_for_every_image():
+    policy = PolicyNet(15).eval()
+    keep = FixedBlocks(KEEP, 15).mask()
+    policy.start_as(keep)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    probs, _ = policy(images)
+    assert torch.allclose(probs, torch.where(keep, 0.9, 0.1).expand(4, -1))
+    for bad in (keep[:14], keep.float()):
+        with pytest.raises(ValueError, match="bool mask of shape"):
+            policy.start_as(bad)
+    with pytest.raises(ValueError, match="prob"):
+        policy.start_as(keep, prob=0.5)
+
+
+def test_an_agent_started_from_a_pruned_network_walks_as_that_network(
+    synthetic_dir, init_checkpoint, tmp_path, env_kwargs
+):
+    pruned = tmp_path / "pruned.pt"
+    pretrain_resnet.main(pruned_args(synthetic_dir, pruned, init_checkpoint))
+    # A learning rate too small to move either network, and the pretrained batch-norm statistics:
+    # the walk after the one epoch is the start itself.
+    still = dict(finetune_lr=1e-9, finetune_bn="frozen", precision="fp32")
+    args = train_args(tmp_path, env_kwargs, stage="finetune", finetune_epochs=1, init_blocks=KEEP, **still)
+    summary = train_blockdrop.main(replace(args, resnet_checkpoint=pruned))
+    walk = summary["val"]
+    assert walk["blocks_mean"] == len(KEEP) and walk["blocks_std"] == 0 and walk["unique_policies"] == 1
+    assert walk["accuracy"] == pytest.approx(load_resnet(pruned)[1]["val_accuracy"])
+    saved = torch.load(tmp_path / "run" / "agent.pt", weights_only=True)
+    assert saved["args"]["init_blocks"] == str(KEEP)
+
+
+@pytest.mark.parametrize(
+    ("init_blocks", "init", "message"),
+    [((15,), None, "--init-blocks"), ((2, 2), None, "--init-blocks"), (KEEP, "agent.pt", "--init or --init-blocks")],
+)
+def test_a_bad_block_set_to_start_from_is_refused_before_any_work(tmp_path, env_kwargs, init_blocks, init, message):
+    args = train_args(tmp_path, env_kwargs, stage="finetune", init_blocks=init_blocks, init=init)
+    with pytest.raises(UsageError, match=message):
+        train_blockdrop.main(args)
+    assert not (tmp_path / "run").exists()
