@@ -141,7 +141,8 @@ class Args(DataArgs, ForwardArgs):
     """Start the policy as one block set for every image instead (0-based blocks, e.g. a pruned
     ResNet's --keep-blocks, with that network as --resnet-checkpoint): keep probability 0.9 for these
     blocks and 0.1 for the others, whatever the image; training learns per-image departures from it.
-    Not with --init."""
+    With --init, the policy's trunk (the image features it decides from) comes from that agent and
+    only its keep head starts as the set."""
     depth: int = 32
     """Depth of the ResNet whose blocks are dropped: 32 (BlockDrop-CIFAR10-R32, 15 blocks) or 110
     (BlockDrop-CIFAR10-R110, 54 blocks); the policy decides one bit per block."""
@@ -197,7 +198,6 @@ def check_args(args: Args) -> None:
     require(0 <= args.lr_decay_at <= 1, f"--lr-decay-at must lie in [0, 1]; got {args.lr_decay_at}")
     require(args.curriculum_step > 0, f"--curriculum-step must be > 0; got {args.curriculum_step}")
     require(not (args.resume and args.overwrite), "pass --resume or --overwrite, not both")
-    require(not (args.init and args.init_blocks), "pass --init or --init-blocks, not both")
     if args.init_blocks:
         require_blocks(args, "init_blocks", args.depth)
     for name in ("curriculum", "finetune"):  # the config's own bounds (alpha, beta), whichever stages run

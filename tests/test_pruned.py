@@ -12,6 +12,7 @@ import torch
 
 from agents.baselines import FixedBlocks, blocks_by_drop_cost
 from agents.policy import PolicyNet
+from agents.reinforce import load_agent
 from blockdrop_env.checkpoint import load_resnet, save_resnet
 from blockdrop_env.data import load_cifar
 from blockdrop_env.resnet import predict, resnet32
@@ -169,9 +170,26 @@ def test_an_agent_started_from_a_pruned_network_walks_as_that_network(
     assert saved["args"]["init_blocks"] == str(KEEP)
 
 
+def test_an_agent_may_start_from_a_trained_agents_features_and_a_block_set(tmp_path, env_kwargs):
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1, out=tmp_path / "a"))
+
+    def weights(out: str) -> dict:
+        return dict(load_agent(tmp_path / out / "agent.pt", device="cpu").policy.trunk.named_parameters())
+
+    trained = weights("a")  # parameters only: batch-norm statistics move whatever the learning rate
+    still = dict(stage="finetune", finetune_epochs=1, finetune_lr=1e-9, init_blocks=KEEP)
+    for init, out in ((tmp_path / "a" / "agent.pt", "b"), (None, "c")):
+        summary = train_blockdrop.main(train_args(tmp_path, env_kwargs, init=init, out=tmp_path / out, **still))
+        walk = summary["val"]  # the keep head starts as the set whatever the trunk: every image walks it
+        assert walk["blocks_mean"] == len(KEEP) and walk["blocks_std"] == 0 and walk["unique_policies"] == 1
+    started = {out: weights(out) for out in "bc"}
+    same = {out: all(torch.allclose(started[out][k], v, atol=1e-6) for k, v in trained.items()) for out in "bc"}
+    assert same == {"b": True, "c": False}  # --init gave its features; without it the trunk is a fresh one
+
+
 @pytest.mark.parametrize(
     ("init_blocks", "init", "message"),
-    [((15,), None, "--init-blocks"), ((2, 2), None, "--init-blocks"), (KEEP, "agent.pt", "--init or --init-blocks")],
+    [((15,), None, "--init-blocks"), ((2, 2), None, "--init-blocks"), ((2, 2), "r32-curriculum-cpu", "--init-blocks")],
 )
 def test_a_bad_block_set_to_start_from_is_refused_before_any_work(tmp_path, env_kwargs, init_blocks, init, message):
     args = train_args(tmp_path, env_kwargs, stage="finetune", init_blocks=init_blocks, init=init)
