@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import tyro
 from tqdm import tqdm
 
 from agents.baselines import FixedBlocks
-from blockdrop_env.checkpoint import CheckpointError
+from blockdrop_env.checkpoint import CheckpointError, run_metadata
 from blockdrop_env.choices import check_choice
 from blockdrop_env.data import CifarFormatError, find_dataset
 from blockdrop_env.device import resolve_device
@@ -192,6 +193,34 @@ def resume_mismatch(saved: dict[str, str], current: dict[str, Any], may_change: 
         for name, value in current.items()
         if name not in free and name in saved and saved[name] != str(value)
     ]
+
+
+def add_session(saved: list[dict] | None, epoch: int, step: int, dtype: torch.dtype) -> list[dict]:
+    """The sessions of a run with this one appended: where each began (``epoch`` epochs done,
+    ``step`` steps of the next) and on what machine, commit and training dtype.
+
+    A resumed run may go on on another machine, where ``--precision auto`` may train in another
+    dtype (bf16 where the CPU has it natively, fp32 elsewhere): the list says which epochs ran how,
+    and a change of dtype is announced on stderr. A resume state from before the list gets one
+    unrecorded first session."""
+    meta = run_metadata()
+    this = {
+        "from_epoch": epoch,
+        "from_step": step,
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": meta["machine"],
+        "git_commit": meta["git_commit"],
+        "date": meta["date"],
+    }
+    sessions = list(saved or ([] if epoch == step == 0 else [{"from_epoch": 0, "from_step": 0, "dtype": "unrecorded"}]))
+    before = sessions[-1]["dtype"] if sessions else None
+    if before not in (None, "unrecorded", this["dtype"]):
+        tqdm.write(
+            f"note: this session trains in {this['dtype']} from epoch {epoch + 1}, the run's last one in {before} "
+            "(--precision auto follows the device); the run's checkpoints record each session",
+            file=sys.stderr,
+        )
+    return [*sessions, this]
 
 
 LOCK_FILE = ".lock"

@@ -19,7 +19,9 @@ rival of a BlockDrop agent that keeps as many blocks; ``evaluate --landscape`` r
 A fresh run refuses an ``--out`` whose checkpoint or resume file exists (``--resume`` continues,
 ``--overwrite`` starts over); ``--resume`` refuses arguments that change what is trained (all but
 ``--out``, ``--logdir``, ``--device``, ``--data-dir``, ``--download``; the one-cycle schedule is
-fixed by ``--epochs`` at the start), naming each.
+fixed by ``--epochs`` at the start), naming each. The checkpoint's ``sessions`` say where each
+session of a resumed run began and in which dtype it trained (a run moved to a CPU without native
+bf16 goes on in fp32 under ``--precision auto``, and says so).
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ from tqdm import tqdm
 from agents.baselines import FixedBlocks
 from blockdrop_env.checkpoint import atomic_save, load_checkpoint, load_resnet, run_metadata, save_resnet
 from blockdrop_env.data import LAYOUTS, load_cifar, random_crop_flip
-from blockdrop_env.device import Precision, autocast, resolve_device
+from blockdrop_env.device import Precision, autocast, resolve_device, training_dtype
 from blockdrop_env.resnet import CifarResNet, predict
 from experiments.cli import (
     DataArgs,
     Interrupted,
     InterruptFlag,
     UsageError,
+    add_session,
     check_device,
     check_writable_file,
     continue_with,
@@ -234,6 +237,9 @@ def main(args: Args) -> dict:
         if state.get("step", 0):  # saved by an interrupt part-way through an epoch
             start_step, order = state["step"], state["order"].to(device)
             sums = [t.to(device) for t in state["sums"]]
+    sessions = add_session(
+        state and state.get("sessions"), start_epoch, start_step, training_dtype(device, args.precision)
+    )
 
     def save_resume(epoch: int, step: int = 0, order: torch.Tensor | None = None, sums: list | None = None) -> None:
         """The resume file: ``epoch`` epochs done, and ``step`` steps of the next (its image order and
@@ -249,6 +255,7 @@ def main(args: Args) -> dict:
                 **({"order": order.cpu(), "sums": [t.cpu() for t in sums]} if step else {}),
                 "elapsed": elapsed,
                 "args": {k: str(v) for k, v in asdict(args).items()},
+                "sessions": sessions,
             },
             resume_path,
         )
@@ -331,6 +338,7 @@ def main(args: Args) -> dict:
         "train_images": len(train_x),
         "test_images": len(test_x),
         "args": {k: str(v) for k, v in asdict(args).items()},
+        "sessions": sessions,
         **meta,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

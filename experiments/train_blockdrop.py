@@ -22,7 +22,9 @@ starts over). ``--resume`` refuses arguments that differ from the run's, naming 
 that do not change what was trained: ``--stop-after``, ``--checkpoint-every``, ``--eval-every``,
 ``--out``, ``--device``, ``--data-dir``, ``--compile``, ``--fused``, ``--precision``, and the epoch
 counts, which may grow or shrink as long as the epochs already run keep their stage (a run is
-extended by raising them). What a resumed run used is what its checkpoint records.
+extended by raising them). What a resumed run used is what its checkpoint records, with where each
+session began and in which dtype it trained (``sessions``: a run moved to a CPU without native bf16
+goes on in fp32 under ``--precision auto``, and says so).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from agents.reinforce import (
     train_step,
 )
 from blockdrop_env.checkpoint import atomic_write_text, load_checkpoint, load_resnet, run_metadata
-from blockdrop_env.device import resolve_device
+from blockdrop_env.device import resolve_device, training_dtype
 from blockdrop_env.vector_env import BlockDropVectorEnv
 from blockdrop_env.wrappers import CurriculumVectorWrapper, curriculum_decided
 from experiments.cli import (
@@ -65,6 +67,7 @@ from experiments.cli import (
     Interrupted,
     InterruptFlag,
     UsageError,
+    add_session,
     check_device,
     check_writable,
     continue_with,
@@ -350,6 +353,8 @@ class Training:
     finetuned: bool = False
     best: dict | None = None
     """The walk behind ``best.pt``: its epoch, stage and validation summary (None before one)."""
+    sessions: list = field(default_factory=list)
+    """Where each session of the run began, and its machine and training dtype (``add_session``)."""
 
     @property
     def path(self) -> Path:
@@ -390,6 +395,7 @@ class Training:
             self.agent,
             resnet=self.resnet if self.finetuned else None,
             args={k: str(v) for k, v in asdict(self.args).items()},
+            sessions=self.sessions,
             **state,
             **run_metadata(),
         )
@@ -466,6 +472,8 @@ def build(args: Args, state: dict | None) -> Training:
         for name, env_state in state["envs"].items():
             if name in envs:
                 envs[name].unwrapped.load_state_dict(env_state)
+    dtype = training_dtype(device, args.precision)
+    job.sessions = add_session(state and state.get("sessions"), job.epoch, job.step, dtype)
     return job
 
 
@@ -608,6 +616,7 @@ def main(args: Args) -> dict:
     writer.close()
     if summary:
         summary["best"] = job.best
+        summary["sessions"] = job.sessions
         atomic_write_text(args.out / "summary.json", json.dumps({**summary, **run_metadata()}, indent=2) + "\n")
     return summary
 

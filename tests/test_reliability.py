@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import train_blockdrop
+from blockdrop_env import device as device_module
+from blockdrop_env.checkpoint import atomic_save, load_resnet
+from experiments import pretrain_resnet, train_blockdrop
 from experiments.cli import UsageError, lock_folder, release_folder
 
 from .test_scripts import train_args
@@ -342,3 +344,59 @@ def test_an_output_file_that_is_a_folder_is_refused_before_any_work(tmp_path, sc
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: --out names a file to write; {folder} is a folder: give a file path in it"
+
+
+def pretend_native_bf16(monkeypatch, native: bool) -> None:
+    """Move the run to a CPU with (or without) bf16 units: what --precision auto trains in."""
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+
+
+def test_a_pretraining_resumed_in_another_dtype_says_so_and_records_each_session(
+    synthetic_dir, tmp_path, monkeypatch, capsys
+):
+    args = dict(batch_size=16, device="cpu", data_dir=str(synthetic_dir), epochs=2, out=tmp_path / "r.pt")
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(obj, path):  # the first session dies after its first epoch's resume file
+        original_save(obj, path)
+        raise Crash
+
+    original_save = pretrain_resnet.atomic_save
+    pretend_native_bf16(monkeypatch, True)
+    monkeypatch.setattr(pretrain_resnet, "atomic_save", save_then_crash)
+    with pytest.raises(Crash):
+        pretrain_resnet.main(pretrain_resnet.Args(**args))
+    monkeypatch.setattr(pretrain_resnet, "atomic_save", original_save)
+    capsys.readouterr()
+
+    pretend_native_bf16(monkeypatch, False)
+    summary = pretrain_resnet.main(pretrain_resnet.Args(**args, resume=True))
+    assert [(s["from_epoch"], s["dtype"]) for s in summary["sessions"]] == [(0, "bfloat16"), (1, "float32")]
+    assert "this session trains in float32 from epoch 2, the run's last one in bfloat16" in capsys.readouterr().err
+    assert load_resnet(tmp_path / "r.pt")[1]["sessions"] == summary["sessions"]  # the checkpoint keeps them
+
+
+def test_an_agent_run_records_its_sessions_and_notes_only_a_change_of_dtype(tmp_path, env_kwargs, monkeypatch, capsys):
+    pretend_native_bf16(monkeypatch, False)
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stop_after=1))
+    train_blockdrop.main(train_args(tmp_path, env_kwargs, stop_after=1, resume=True))  # the same machine
+    assert "this session trains" not in capsys.readouterr().err
+    path = tmp_path / "run" / "agent.pt"
+    saved = torch.load(path, weights_only=True)
+    assert [(s["from_epoch"], s["dtype"]) for s in saved["sessions"]] == [(0, "float32"), (1, "float32")]
+
+    del saved["sessions"]  # a resume state from before sessions were recorded
+    atomic_save(saved, path)
+    pretend_native_bf16(monkeypatch, True)
+    summary = train_blockdrop.main(train_args(tmp_path, env_kwargs, stop_after=1, resume=True))
+    assert "this session trains" not in capsys.readouterr().err  # nothing to compare with
+    assert [(s["from_epoch"], s["dtype"]) for s in summary["sessions"]] == [(0, "unrecorded"), (2, "bfloat16")]
+
+    pretend_native_bf16(monkeypatch, False)
+    summary = train_blockdrop.main(train_args(tmp_path, env_kwargs, resume=True))
+    assert "this session trains in float32 from epoch 4, the run's last one in bfloat16" in capsys.readouterr().err
+    saved = torch.load(path, weights_only=True)["sessions"]
+    assert [s["dtype"] for s in saved] == ["unrecorded", "bfloat16", "float32"]
+    assert summary["sessions"][-1]["from_epoch"] == 3 and summary["sessions"][-1]["git_commit"]
