@@ -12,8 +12,9 @@ choose epochs and settings on those walks and evaluate the chosen agent on the t
 (``experiments.evaluate``).
 The checkpoint ``<out>/agent.pt`` is rewritten atomically every ``checkpoint_every`` epochs and at
 the end, with everything ``--resume`` needs to continue exactly: policy, optimiser, finetuned
-ResNet, epoch and the states of every random generator. ``<out>/best.pt`` keeps the agent (policy
-and finetuned ResNet) of the validation walk with the highest mean reward in the stage under way,
+ResNet, epoch and the states of every random generator. ``<out>/best.pt`` keeps the agent (policy,
+and the ResNet when it is not the shipped one: finetuned, or from ``--init`` or
+``--resnet-checkpoint``) of the validation walk with the highest mean reward in the stage under way,
 counting only walks where the policy decides every block (a curriculum's last stages, finetuning):
 evaluate or ship it when a later epoch scored lower. TensorBoard logs go to ``<out>/tb``.
 
@@ -351,6 +352,10 @@ class Training:
     optimizer: torch.optim.Optimizer | JointOptimizer | None = None
     config: ReinforceConfig | None = None
     finetuned: bool = False
+    own_resnet: bool = False
+    """The ResNet is not the shipped checkpoint of --depth (it came from --init or
+    --resnet-checkpoint): every saved agent carries it, as a finetuned one does, so that the agent
+    is evaluated with the ResNet it was trained on."""
     best: dict | None = None
     """The walk behind ``best.pt``: its epoch, stage and validation summary (None before one)."""
     sessions: list = field(default_factory=list)
@@ -393,7 +398,7 @@ class Training:
         save_agent(
             path,
             self.agent,
-            resnet=self.resnet if self.finetuned else None,
+            resnet=self.resnet if self.finetuned or self.own_resnet else None,
             args={k: str(v) for k, v in asdict(self.args).items()},
             sessions=self.sessions,
             **state,
@@ -427,6 +432,7 @@ def build(args: Args, state: dict | None) -> Training:
     restored from ``state`` when resuming."""
     device = resolve_device(args.device)
     resnet, _ = load_resnet(args.resnet_checkpoint, depth=args.depth, device=device)
+    own_resnet = args.resnet_checkpoint is not None
     # Seeded after building the ResNet (its init draws), so the policy's init depends on the seed alone.
     torch.manual_seed(args.seed)
     agent = BlockDropAgent(
@@ -445,6 +451,7 @@ def build(args: Args, state: dict | None) -> Training:
         agent.policy.load_state_dict(init.policy.state_dict())
         if init.resnet_state is not None and args.resnet_checkpoint is None:
             resnet.load_state_dict(init.resnet_state)
+            own_resnet = True
     if args.init_blocks:
         agent.policy.start_as(FixedBlocks(args.init_blocks, resnet.num_blocks).mask(device))
     if state is not None:
@@ -463,6 +470,7 @@ def build(args: Args, state: dict | None) -> Training:
         envs[name] = CurriculumVectorWrapper(env) if name == "curriculum" else env
     job = Training(args, agent, resnet, envs, make_eval_env(args.eval_split, **common), torch.Generator(device))
     job.generator.manual_seed(args.seed)
+    job.own_resnet = own_resnet
     if state is not None:
         job.epoch, job.step = state["epoch"], state.get("step", 0)
         job.step_stats = [{k: v.to(device) for k, v in s.items()} for s in state.get("step_stats", [])]

@@ -111,3 +111,38 @@ def test_a_fresh_run_refuses_a_folder_holding_a_best_agent_and_overwrite_removes
         train_args(tmp_path, env_kwargs, stage="finetune", finetune_epochs=1, eval_split="test", overwrite=True)
     )
     assert not (run / "best.pt").exists()
+
+
+def resnet_of(path):
+    return torch.load(path, weights_only=True)["resnet"]
+
+
+def test_an_agent_trained_on_a_resnet_other_than_the_shipped_one_carries_it(tmp_path, env_kwargs):
+    """A curriculum leaves the ResNet as it found it, but evaluating the agent needs that ResNet:
+    from --resnet-checkpoint or from --init's finetuned one, every saved agent holds it."""
+    finetuned = tmp_path / "a"
+    train_blockdrop.main(train_args(finetuned, env_kwargs, stage="finetune", finetune_epochs=1))
+    given = torch.load(env_kwargs["checkpoint"], weights_only=True)["state_dict"]
+    from_init = resnet_of(finetuned / "run" / "agent.pt")
+    assert any(not torch.equal(given[k], from_init[k]) for k in given)  # finetuning changed it
+
+    curriculum = dict(stage="curriculum", curriculum_epochs=2, curriculum_step=15)  # walks decide every block
+    train_blockdrop.main(train_args(tmp_path / "b", env_kwargs, **curriculum))
+    train_blockdrop.main(
+        train_args(
+            tmp_path / "c", env_kwargs, **curriculum, init=str(finetuned / "run" / "agent.pt"), resnet_checkpoint=None
+        )
+    )
+    for run, expected in (("b", given), ("c", from_init)):
+        for saved in ("agent.pt", "best.pt"):
+            held = resnet_of(tmp_path / run / "run" / saved)
+            assert held is not None and all(torch.equal(held[k], expected[k]) for k in expected), (run, saved)
+
+
+def test_an_agent_on_the_shipped_resnet_does_not_carry_a_copy(tmp_path, env_kwargs):
+    train_blockdrop.main(
+        train_args(
+            tmp_path, env_kwargs, stage="curriculum", curriculum_epochs=1, curriculum_step=15, resnet_checkpoint=None
+        )
+    )
+    assert resnet_of(tmp_path / "run" / "agent.pt") is None  # evaluated on the shipped ResNet, as trained
