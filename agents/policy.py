@@ -39,12 +39,17 @@ class PolicyNet(nn.Module):
         self.value_head = nn.Linear(self.trunk.feature_dim, 1)
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep probabilities (B, K) and values (B,)."""
+    def features(self, images: Tensor) -> Tensor:
+        """The trunk's pooled features (B, 64) of raw images, downsampled to ``input_size`` first;
+        the keep head turns them into keep logits."""
         images = images.contiguous(memory_format=torch.channels_last)
         if self.input_size < images.shape[-1]:
             images = F.avg_pool2d(images.float().div(255), images.shape[-1] // self.input_size)
-        features = self.trunk(images)
+        return self.trunk(images)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep probabilities (B, K) and values (B,)."""
+        features = self.features(images)
         return torch.sigmoid(self.keep_head(features)), self.value_head(features).squeeze(1)
 
     @torch.no_grad()

@@ -10,7 +10,6 @@ says how much the policy looks at the image at all.
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from agents.reinforce import load_agent
 from blockdrop_env.data import load_cifar
@@ -21,8 +20,7 @@ blocks = [int(b) for b in sys.argv[2].split(",")]
 images, _ = load_cifar("val")
 policy = agent.policy.eval()
 with torch.no_grad():
-    x = F.avg_pool2d(images.float().div(255), 32 // policy.input_size).contiguous(memory_format=torch.channels_last)
-    logits = torch.cat([policy.keep_head(policy.trunk(chunk)) for chunk in x.split(500)])
+    logits = torch.cat([policy.keep_head(policy.features(chunk)) for chunk in images.split(500)])
 in_set = torch.zeros(logits.shape[1], dtype=torch.bool)
 in_set[blocks] = True
 for name, members, flipped in (("set", in_set, logits < 0), ("others", ~in_set, logits > 0)):
