@@ -17,7 +17,7 @@ from blockdrop_env.checkpoint import atomic_save, load_resnet
 from experiments import pretrain_resnet, train_blockdrop
 from experiments.cli import UsageError, lock_folder, release_folder
 
-from .test_scripts import train_args
+from .test_scripts import pretraining_dies_after_its_first_resume_file, train_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -355,20 +355,9 @@ def test_a_pretraining_resumed_in_another_dtype_says_so_and_records_each_session
     synthetic_dir, tmp_path, monkeypatch, capsys
 ):
     args = dict(batch_size=16, device="cpu", data_dir=str(synthetic_dir), epochs=2, out=tmp_path / "r.pt")
-
-    class Crash(Exception):
-        pass
-
-    def save_then_crash(obj, path):  # the first session dies after its first epoch's resume file
-        original_save(obj, path)
-        raise Crash
-
-    original_save = pretrain_resnet.atomic_save
     pretend_native_bf16(monkeypatch, True)
-    monkeypatch.setattr(pretrain_resnet, "atomic_save", save_then_crash)
-    with pytest.raises(Crash):
+    with pretraining_dies_after_its_first_resume_file(monkeypatch):  # the first session, after epoch 1
         pretrain_resnet.main(pretrain_resnet.Args(**args))
-    monkeypatch.setattr(pretrain_resnet, "atomic_save", original_save)
     capsys.readouterr()
 
     pretend_native_bf16(monkeypatch, False)

@@ -1,5 +1,6 @@
 """Smoke runs of the experiment scripts, and exact resumption of agent training."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -31,22 +32,29 @@ def test_pretrain_smoke_run_on_real_images(tmp_path):
     assert not out.with_suffix(".resume.pt").exists() and out.with_suffix(".json").exists()
 
 
-def test_pretrain_resume_continues_exactly(synthetic_dir, tmp_path, monkeypatch):
-    args = dict(batch_size=16, device="cpu", data_dir=str(synthetic_dir), epochs=2)
-    pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "straight.pt"))
+@contextlib.contextmanager
+def pretraining_dies_after_its_first_resume_file(monkeypatch):
+    """The pretraining run inside dies right after writing its first resume file (a crash)."""
 
     class Crash(Exception):
         pass
 
-    def save_then_crash(obj, path):  # the run dies right after writing its first resume file
+    def save_then_crash(obj, path):
         original_save(obj, path)
         raise Crash
 
     original_save = pretrain_resnet.atomic_save
     monkeypatch.setattr(pretrain_resnet, "atomic_save", save_then_crash)
     with pytest.raises(Crash):
-        pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "resumed.pt"))
+        yield
     monkeypatch.setattr(pretrain_resnet, "atomic_save", original_save)
+
+
+def test_pretrain_resume_continues_exactly(synthetic_dir, tmp_path, monkeypatch):
+    args = dict(batch_size=16, device="cpu", data_dir=str(synthetic_dir), epochs=2)
+    pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "straight.pt"))
+    with pretraining_dies_after_its_first_resume_file(monkeypatch):
+        pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "resumed.pt"))
     assert not (tmp_path / "resumed.pt").exists() and (tmp_path / "resumed.resume.pt").exists()
     pretrain_resnet.main(pretrain_resnet.Args(**args, out=tmp_path / "resumed.pt", resume=True))
     straight = load_resnet(tmp_path / "straight.pt")[0].state_dict()
