@@ -468,9 +468,9 @@ def build(args: Args, state: dict | None) -> Training:
         env = BlockDropVectorEnv(num_envs=batch, split=args.train_split, penalty=penalty, **common)
         env.reset(seed=args.seed + len(envs))
         envs[name] = CurriculumVectorWrapper(env) if name == "curriculum" else env
-    job = Training(args, agent, resnet, envs, make_eval_env(args.eval_split, **common), torch.Generator(device))
+    eval_env = make_eval_env(args.eval_split, **common)
+    job = Training(args, agent, resnet, envs, eval_env, torch.Generator(device), own_resnet=own_resnet)
     job.generator.manual_seed(args.seed)
-    job.own_resnet = own_resnet
     if state is not None:
         job.epoch, job.step = state["epoch"], state.get("step", 0)
         job.step_stats = [{k: v.to(device) for k, v in s.items()} for s in state.get("step_stats", [])]
